@@ -1,0 +1,108 @@
+//! An operator shape for steps that keep their own state: one call per completed epoch.
+//!
+//! Epochs are totally ordered, so a step whose state is cheaper to keep outside an arrangement
+//! (decontamination keeps a benchmark index and re-reads question texts from the store, instead
+//! of arranging hundreds of millions of question n-grams) can be written as: stash the updates
+//! of each epoch, and when both inputs' frontiers have passed it, hand them to the step in epoch
+//! order, and emit the step's output updates at that epoch. The output is then a function of the
+//! accumulated inputs, epoch by epoch, exactly as a differential operator's would be.
+
+use crate::record::Epoch;
+use differential_dataflow::{AsCollection, VecCollection};
+use std::collections::BTreeMap;
+use timely::dataflow::channels::pact::ParallelizationContract;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+
+/// Updates of one epoch, as `(data, diff)`.
+pub type Updates<D> = Vec<(D, isize)>;
+
+/// Calls `logic(epoch, left_updates, right_updates, output)` once per epoch that has updates on
+/// either input, in epoch order, after both input frontiers have passed the epoch.
+///
+/// `left_pact` and `right_pact` decide where updates go (exchange by key, or `Pipeline` for a
+/// stream that was broadcast beforehand). `logic` owns the step's state.
+pub fn epoch_binary<'s, D1, D2, O, P1, P2, L>(
+    left: VecCollection<'s, Epoch, D1>,
+    right: VecCollection<'s, Epoch, D2>,
+    left_pact: P1,
+    right_pact: P2,
+    name: &str,
+    mut logic: L,
+) -> VecCollection<'s, Epoch, O>
+where
+    D1: Clone + 'static,
+    D2: Clone + 'static,
+    O: Clone + 'static,
+    P1: ParallelizationContract<Epoch, Vec<(D1, Epoch, isize)>>,
+    P2: ParallelizationContract<Epoch, Vec<(D2, Epoch, isize)>>,
+    L: FnMut(Epoch, Updates<D1>, Updates<D2>, &mut Vec<(O, isize)>) + 'static,
+{
+    type Pending<A, B> = BTreeMap<Epoch, (Capability<Epoch>, Updates<A>, Updates<B>)>;
+    left.inner
+        .binary_frontier(right.inner, left_pact, right_pact, name, move |_cap, _info| {
+            let mut pending: Pending<D1, D2> = BTreeMap::new();
+            let mut produced = Vec::new();
+            move |(in1, f1), (in2, f2), output| {
+                in1.for_each(|cap, data| {
+                    for (d, t, r) in data.drain(..) {
+                        let slot = pending
+                            .entry(t)
+                            .or_insert_with(|| (cap.delayed(&t, 0), Vec::new(), Vec::new()));
+                        slot.1.push((d, r));
+                    }
+                });
+                in2.for_each(|cap, data| {
+                    for (d, t, r) in data.drain(..) {
+                        let slot = pending
+                            .entry(t)
+                            .or_insert_with(|| (cap.delayed(&t, 0), Vec::new(), Vec::new()));
+                        slot.2.push((d, r));
+                    }
+                });
+                while let Some((&t, _)) = pending.first_key_value() {
+                    if f1.less_equal(&t) || f2.less_equal(&t) {
+                        break;
+                    }
+                    let (_, (cap, l, r)) = pending.pop_first().expect("just peeked");
+                    produced.clear();
+                    logic(t, l, r, &mut produced);
+                    if !produced.is_empty() {
+                        let mut session = output.session(&cap);
+                        for (o, d) in produced.drain(..) {
+                            session.give((o, t, d));
+                        }
+                    }
+                }
+            }
+        })
+        .as_collection()
+}
+
+/// Accumulates `(data, diff)` updates into a multiset, removing zero counts. Returns the net
+/// change per distinct datum (deduplicated), in the order first seen.
+pub fn accumulate<D: Ord + Clone>(
+    state: &mut BTreeMap<D, isize>,
+    updates: Updates<D>,
+) -> Vec<(D, isize, isize)> {
+    // (datum, count before, count after)
+    let mut touched: BTreeMap<D, isize> = BTreeMap::new();
+    for (d, r) in updates {
+        let before = state.get(&d).copied().unwrap_or(0);
+        touched.entry(d.clone()).or_insert(before);
+        let after = before + r;
+        if after == 0 {
+            state.remove(&d);
+        } else {
+            state.insert(d, after);
+        }
+    }
+    touched
+        .into_iter()
+        .map(|(d, before)| {
+            let after = state.get(&d).copied().unwrap_or(0);
+            (d, before, after)
+        })
+        .filter(|(_, b, a)| b != a)
+        .collect()
+}

@@ -1,0 +1,184 @@
+//! Text normalization and every persisted hash.
+//!
+//! All persisted hashes go through this module: xxh3 with fixed seeds and a version number, so a
+//! hash written by one release is understood by the next ([`HASH_VERSION`]). Never use
+//! `DefaultHasher` for anything that is stored or compared across processes.
+//!
+//! Normalization (for content hashes and n-grams): Unicode NFKC, lowercase, whitespace runs
+//! collapsed to one space, trimmed. ASCII text takes a fast path that allocates once.
+
+use crate::record::{ContentHash, QuestionId, SourceId, TextRef};
+use unicode_normalization::UnicodeNormalization;
+use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64_with_seed};
+
+/// Bumped whenever normalization or hashing changes; part of every cache key.
+pub const HASH_VERSION: u32 = 1;
+
+const SEED_CONTENT: u64 = 0x7468_6f75_6768_7401; // "thought" v1
+const SEED_TEXT: u64 = 0x7468_6f75_6768_7402;
+const SEED_ID: u64 = 0x7468_6f75_6768_7403;
+const SEED_WORD: u64 = 0x7468_6f75_6768_7404;
+const SEED_GRAM: u64 = 0x7468_6f75_6768_7405;
+
+/// NFKC, lowercase, collapse whitespace, trim.
+pub fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pending_space = false;
+    let mut push = |c: char, out: &mut String| {
+        if c.is_whitespace() {
+            pending_space = !out.is_empty();
+        } else {
+            if pending_space {
+                out.push(' ');
+                pending_space = false;
+            }
+            out.push(c);
+        }
+    };
+    if text.is_ascii() {
+        for b in text.bytes() {
+            push((b as char).to_ascii_lowercase(), &mut out);
+        }
+    } else {
+        for c in text.nfkc() {
+            for l in c.to_lowercase() {
+                push(l, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// Content hash: xxh3-128 of the normalized text.
+pub fn content_hash(text: &str) -> ContentHash {
+    ContentHash(xxh3_128_with_seed(normalize(text).as_bytes(), SEED_CONTENT))
+}
+
+/// Content hash of text that is already normalized.
+pub fn content_hash_normalized(normalized: &str) -> ContentHash {
+    ContentHash(xxh3_128_with_seed(normalized.as_bytes(), SEED_CONTENT))
+}
+
+/// Store key of a raw text.
+pub fn text_ref(text: &str) -> TextRef {
+    TextRef(xxh3_128_with_seed(text.as_bytes(), SEED_TEXT))
+}
+
+/// A question's identity: its source and external id.
+pub fn question_id(source: &str, id: &str) -> QuestionId {
+    let mut buf = Vec::with_capacity(source.len() + id.len() + 1);
+    buf.extend_from_slice(source.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(id.as_bytes());
+    QuestionId(xxh3_64_with_seed(&buf, SEED_ID))
+}
+
+/// A source's identity: its name.
+pub fn source_id(name: &str) -> SourceId {
+    SourceId(xxh3_64_with_seed(name.as_bytes(), SEED_ID ^ 1))
+}
+
+/// A stable 64-bit hash of arbitrary bytes (sharding, sampling seeds).
+pub fn hash64(bytes: &[u8]) -> u64 {
+    xxh3_64_with_seed(bytes, SEED_GRAM ^ 7)
+}
+
+/// A stable 128-bit hash of arbitrary bytes.
+pub fn hash128(bytes: &[u8]) -> u128 {
+    xxh3_128_with_seed(bytes, SEED_GRAM ^ 11)
+}
+
+/// Whitespace-separated tokens of a raw text (the `length_guard` measure).
+pub fn whitespace_tokens(text: &str) -> u32 {
+    text.split_whitespace().count() as u32
+}
+
+/// The words of an already normalized text: maximal runs of alphanumeric characters.
+///
+/// Punctuation and markup separate words and are otherwise ignored, so `$(0,3)$` and `( 0, 3 )`
+/// give the same words.
+pub fn words(normalized: &str) -> impl Iterator<Item = &str> {
+    normalized
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+}
+
+/// Hashes of the word n-grams of a raw text (normalized first). Texts with fewer than `n`
+/// words have none.
+pub fn word_ngrams(text: &str, n: usize) -> Vec<u64> {
+    let normalized = normalize(text);
+    let word_hashes: Vec<u64> = words(&normalized)
+        .map(|w| xxh3_64_with_seed(w.as_bytes(), SEED_WORD))
+        .collect();
+    ngrams_of_hashes(&word_hashes, n)
+}
+
+/// Hashes of the character n-grams of a raw text (normalized first, whitespace kept as one space).
+pub fn char_ngrams(text: &str, n: usize) -> Vec<u64> {
+    let normalized = normalize(text);
+    let chars: Vec<u64> = normalized.chars().map(|c| c as u64).collect();
+    ngrams_of_hashes(&chars, n)
+}
+
+/// n-gram hashes over a sequence of unit hashes (words, characters or tokenizer ids).
+pub fn ngrams_of_hashes(units: &[u64], n: usize) -> Vec<u64> {
+    if n == 0 || units.len() < n {
+        return Vec::new();
+    }
+    let mut buf = Vec::with_capacity(n * 8);
+    units
+        .windows(n)
+        .map(|w| {
+            buf.clear();
+            for u in w {
+                buf.extend_from_slice(&u.to_le_bytes());
+            }
+            xxh3_64_with_seed(&buf, SEED_GRAM)
+        })
+        .collect()
+}
+
+/// The normalized words of the `index`-th word n-gram of a text (for audit spans).
+pub fn word_ngram_span(text: &str, n: usize, index: usize) -> String {
+    let normalized = normalize(text);
+    words(&normalized)
+        .skip(index)
+        .take(n)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalization_collapses_case_width_and_space() {
+        assert_eq!(normalize("  Hello\t\nWORLD  "), "hello world");
+        // NFKC folds full-width letters and ligatures.
+        assert_eq!(normalize("ＡＢＣ ﬁx"), "abc fix");
+        assert_eq!(content_hash("Find  x."), content_hash("find x."));
+        assert_ne!(content_hash("find x."), content_hash("find y."));
+    }
+
+    #[test]
+    fn words_ignore_punctuation() {
+        let n = normalize("Convert $(0,3)$ to polar!");
+        assert_eq!(words(&n).collect::<Vec<_>>(), ["convert", "0", "3", "to", "polar"]);
+    }
+
+    #[test]
+    fn ngrams_are_stable_and_positional() {
+        let a = word_ngrams("a b c d", 2);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a, word_ngrams("A, b; C  d", 2));
+        assert!(word_ngrams("a b", 3).is_empty());
+        assert_eq!(word_ngram_span("A b C d", 2, 1), "b c");
+    }
+
+    #[test]
+    fn ids_separate_source_and_id() {
+        assert_ne!(question_id("ab", "c"), question_id("a", "bc"));
+        assert_eq!(question_id("s", "1"), question_id("s", "1"));
+    }
+}

@@ -1,0 +1,22 @@
+//! thoughtflow-operators: the records, hashing and incremental dataflow steps of thoughtflow.
+//!
+//! This crate does no I/O: no files, no network, no async runtime. Every step is a function
+//! from differential-dataflow collections to collections, deterministic and testable alone,
+//! with a batch reference that its property test compares against at every epoch, on one and
+//! on two workers (see [`testing`]).
+//!
+//! - [`record`]: questions, benchmark items, matches, rejections, rows.
+//! - [`hash`]: normalization and every persisted hash (xxh3, fixed seeds, versioned).
+//! - [`text`]: the content-addressed text store steps read texts from.
+//! - [`steps`]: `decontaminate`, `length_guard`, `score`, `select`, `dedup`, `fanout`,
+//!   `answer_dedup`.
+//! - [`epoch`]: the operator shape for steps that keep their own per-epoch state.
+
+pub mod epoch;
+pub mod hash;
+pub mod record;
+pub mod steps;
+pub mod testing;
+pub mod text;
+
+pub use record::*;

@@ -1,0 +1,261 @@
+//! The records that flow through thoughtflow's dataflows.
+//!
+//! Dataflow records carry ids, hashes, scores and lengths only; question and answer texts live in
+//! a content-addressed [`TextStore`](crate::text::TextStore) keyed by [`TextRef`] and are joined
+//! in by the sink (DESIGN.md decision 3). The exceptions are small, rare collections (benchmark
+//! items, contamination matches, rejections of unparsable input), which carry their strings.
+//!
+//! Every record is `Ord` (differential dataflow consolidates by sorting), so scores are integers.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// An epoch: one batch of source input (a file, a span of Kafka offsets).
+pub type Epoch = u64;
+
+/// Identity of a question: xxh3-64 of `(source name, external id)`, see [`crate::hash::question_id`].
+///
+/// Upserts are keyed by it: a re-sent id replaces the question, a tombstone deletes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QuestionId(pub u64);
+
+/// xxh3-128 of normalized text (see [`crate::hash::content_hash`]): equal for exact duplicates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ContentHash(pub u128);
+
+/// xxh3-128 of the raw text bytes: the key of a text in the content-addressed store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TextRef(pub u128);
+
+/// Identity of a source (a file source or a Kafka topic): xxh3-64 of its name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourceId(pub u64);
+
+/// Position of a step in its recipe (0-based). Ingest uses [`StepId::INGEST`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StepId(pub u16);
+
+impl StepId {
+    /// Rejections made before any step runs (unparsable input).
+    pub const INGEST: StepId = StepId(u16::MAX);
+}
+
+/// Index of a teacher in its recipe's teacher list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TeacherId(pub u16);
+
+macro_rules! hex_display {
+    ($($t:ty, $w:literal);*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!("{:0", $w, "x}"), self.0)
+            }
+        }
+    )*};
+}
+hex_display!(QuestionId, 16; ContentHash, 32; TextRef, 32; SourceId, 16);
+
+/// The three domains of the OpenThoughts3 recipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Domain {
+    Math,
+    Code,
+    Science,
+}
+
+impl Domain {
+    pub const ALL: [Domain; 3] = [Domain::Math, Domain::Code, Domain::Science];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Domain::Math => "math",
+            Domain::Code => "code",
+            Domain::Science => "science",
+        }
+    }
+
+    /// Parses `math`, `code` or `science` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Domain> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "math" => Some(Domain::Math),
+            "code" => Some(Domain::Code),
+            "science" => Some(Domain::Science),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A question as the dataflow sees it: no text, only its references and measures.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Question {
+    pub id: QuestionId,
+    pub source: SourceId,
+    /// Dedup priority of the source: lower wins.
+    pub priority: u32,
+    pub domain: Domain,
+    /// Hash of the normalized text (dedup, sampling, memoization key).
+    pub hash: ContentHash,
+    /// The raw text in the store.
+    pub text: TextRef,
+    /// Whitespace-separated tokens of the raw text.
+    pub tokens: u32,
+    /// Unicode scalar values of the raw text.
+    pub chars: u32,
+    /// Set by `score` steps; `select` reads it.
+    pub score: Option<i64>,
+    /// Set by difficulty scorers; published as the dataset's `difficulty` column.
+    pub difficulty: Option<i64>,
+}
+
+/// A benchmark item (a small collection: it carries its text).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BenchItem {
+    pub bench: String,
+    pub item: String,
+    pub text: String,
+}
+
+/// How a contamination match was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MatchMethod {
+    /// Shares at least one n-gram with the benchmark item.
+    Ngram,
+    /// Indel similarity ratio at or above the threshold.
+    Fuzzy,
+}
+
+impl MatchMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchMethod::Ngram => "ngram",
+            MatchMethod::Fuzzy => "fuzzy",
+        }
+    }
+}
+
+/// A recorded contamination: which benchmark item a question matched, and how well.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Match {
+    pub question: QuestionId,
+    pub bench: String,
+    pub item: String,
+    pub method: MatchMethod,
+    /// n-gram method: number of shared n-grams; fuzzy: ratio x 100 (0..=10000).
+    pub score: u32,
+    /// The first shared n-gram (normalized words), for the audit.
+    pub span: String,
+}
+
+/// What a rejection is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Subject {
+    Question(QuestionId),
+    Row(RowKey),
+    /// A piece of input that never became a question: `path:line`, `topic/partition@offset`.
+    Input { source: SourceId, location: String },
+}
+
+/// Why a step dropped something. Stable snake-case names appear in the audit output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Reason {
+    MalformedJson,
+    MissingField,
+    EmptyText,
+    InvalidUtf8,
+    TooLarge,
+    UnknownDomain,
+    Contaminated,
+    TooLong,
+    NoScore,
+    BelowThreshold,
+    AboveThreshold,
+    NotSelected,
+    Duplicate,
+    NoAnswer,
+    DuplicateAnswer,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MalformedJson => "malformed_json",
+            Reason::MissingField => "missing_field",
+            Reason::EmptyText => "empty_text",
+            Reason::InvalidUtf8 => "invalid_utf8",
+            Reason::TooLarge => "too_large",
+            Reason::UnknownDomain => "unknown_domain",
+            Reason::Contaminated => "contaminated",
+            Reason::TooLong => "too_long",
+            Reason::NoScore => "no_score",
+            Reason::BelowThreshold => "below_threshold",
+            Reason::AboveThreshold => "above_threshold",
+            Reason::NotSelected => "not_selected",
+            Reason::Duplicate => "duplicate",
+            Reason::NoAnswer => "no_answer",
+            Reason::DuplicateAnswer => "duplicate_answer",
+        }
+    }
+}
+
+/// Step-specific evidence attached to a rejection.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Detail {
+    None,
+    Text(String),
+    Contamination { bench: String, item: String },
+    Tokens { tokens: u32, max: u32 },
+    Score { score: i64, bound: i64 },
+    Rank { score: i64 },
+    DuplicateOf(QuestionId),
+    DuplicateOfRow(RowKey),
+}
+
+/// A dropped question, row or input record, with the step and the reason.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Rejection {
+    pub subject: Subject,
+    pub step: StepId,
+    pub reason: Reason,
+    pub detail: Detail,
+}
+
+/// One dataset row: a question, one teacher, one sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RowKey {
+    pub question: QuestionId,
+    pub teacher: TeacherId,
+    pub sample: u16,
+}
+
+/// Where an answer's text comes from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AnswerText {
+    /// No teacher step: the row has the question only.
+    None,
+    /// A text in the store.
+    Stored(TextRef),
+    /// Generated on demand by the synthetic teacher (a pure function of these).
+    Synthetic { question: ContentHash, sample: u16, words: u32 },
+}
+
+/// A teacher's answer: its content identity and where its text is.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Answer {
+    /// Identity for answer dedup: the text hash, or a hash of the synthetic generator's inputs.
+    pub hash: ContentHash,
+    pub text: AnswerText,
+}
+
+/// A dataset row as the dataflow sees it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Row {
+    pub key: RowKey,
+    pub question: Question,
+    pub answer: Answer,
+}

@@ -1,0 +1,55 @@
+//! The dataflow steps a recipe is made of.
+//!
+//! Each step is a function from collections to collections, with a batch reference beside it
+//! that computes the same result from scratch (the oracle of its property test). Question steps
+//! take `(QuestionId, Question)` and return a [`StepOutput`]: the questions that pass and the
+//! rejections (with step id, reason and detail) of those that don't. Row steps do the same for
+//! `(RowKey, Row)` after the teacher fan-out.
+
+pub mod answer_dedup;
+pub mod decontam;
+pub mod dedup;
+pub mod fanout;
+pub mod length;
+pub mod score;
+pub mod select;
+
+use crate::record::{Domain, Epoch, Question, QuestionId, Rejection, Row, RowKey};
+use differential_dataflow::VecCollection;
+
+/// Questions that passed a step, and the rejections it made.
+pub struct StepOutput<'s> {
+    pub passed: VecCollection<'s, Epoch, (QuestionId, Question)>,
+    pub rejected: VecCollection<'s, Epoch, Rejection>,
+}
+
+/// Rows that passed a row step, and the rejections it made.
+pub struct RowOutput<'s> {
+    pub passed: VecCollection<'s, Epoch, (RowKey, Row)>,
+    pub rejected: VecCollection<'s, Epoch, Rejection>,
+}
+
+/// Applies `step` to the questions of `domains` only; the others bypass it unchanged.
+///
+/// The paper's recipe differs per domain (code: difficulty scores and no dedup; math and
+/// science: answer-length scores and exact dedup), which a flat list of steps expresses with a
+/// domain scope on each step.
+pub fn scoped<'s>(
+    questions: VecCollection<'s, Epoch, (QuestionId, Question)>,
+    domains: Option<Vec<Domain>>,
+    step: impl FnOnce(VecCollection<'s, Epoch, (QuestionId, Question)>) -> StepOutput<'s>,
+) -> StepOutput<'s> {
+    match domains {
+        None => step(questions),
+        Some(domains) => {
+            let d2 = domains.clone();
+            let inside = questions.clone().filter(move |(_, q)| domains.contains(&q.domain));
+            let bypass = questions.filter(move |(_, q)| !d2.contains(&q.domain));
+            let out = step(inside);
+            StepOutput {
+                passed: out.passed.concat(bypass),
+                rejected: out.rejected,
+            }
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Every step, incrementally, equals its batch reference at every epoch, on one and two workers.
+//!
+//! Scripts are random sequences of upserts (insertions, replacements, deletions and
+//! re-insertions) over a small key space, so that duplicates, ties, winner retractions and
+//! selection churn happen often.
+
+use differential_dataflow::VecCollection;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use thoughtflow_operators::record::*;
+use thoughtflow_operators::steps::decontam::{self, NgramConfig, NgramUnit};
+use thoughtflow_operators::steps::fanout::{self, Answers, LookupBy, LookupKey};
+use thoughtflow_operators::steps::select::{self, GroupBy, GroupKey, GroupSizes, Selection};
+use thoughtflow_operators::steps::{answer_dedup, dedup, length, StepOutput};
+use thoughtflow_operators::testing::{
+    accumulate_script, bag, run_script, upserts_to_updates, Bag, Build,
+};
+use thoughtflow_operators::text::MemTexts;
+
+const STEP: StepId = StepId(3);
+
+/// A step's output as one collection.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+enum Out {
+    Passed(QuestionId, Question),
+    Row(RowKey, Row),
+    Rejected(Rejection),
+    Match(Match),
+}
+
+fn combine<'s>(o: StepOutput<'s>) -> VecCollection<'s, Epoch, Out> {
+    o.passed
+        .map(|(id, q)| Out::Passed(id, q))
+        .concat(o.rejected.map(Out::Rejected))
+}
+
+fn expect_questions(passed: Vec<Question>, rejected: Vec<Rejection>) -> Bag<Out> {
+    bag(passed
+        .into_iter()
+        .map(|q| Out::Passed(q.id, q))
+        .chain(rejected.into_iter().map(Out::Rejected)))
+}
+
+/// The value part of a question (the key is its id).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Body {
+    domain: u8,
+    source: u8,
+    priority: u32,
+    hash: u8,
+    tokens: u32,
+    score: Option<i64>,
+}
+
+fn body() -> impl Strategy<Value = Body> {
+    (0u8..3, 0u8..2, 0u32..2, 0u8..5, 0u32..30, proptest::option::weighted(0.9, 0i64..6)).prop_map(
+        |(domain, source, priority, hash, tokens, score)| Body {
+            domain,
+            source,
+            priority,
+            hash,
+            tokens,
+            score,
+        },
+    )
+}
+
+fn question(key: &u8, b: &Body) -> Question {
+    Question {
+        id: QuestionId(*key as u64 * 7919),
+        source: SourceId(b.source as u64),
+        priority: b.priority,
+        domain: Domain::ALL[b.domain as usize],
+        hash: ContentHash(b.hash as u128 * 1_000_003),
+        text: TextRef(b.hash as u128),
+        tokens: b.tokens,
+        chars: b.tokens * 5,
+        score: b.score,
+        difficulty: None,
+    }
+}
+
+fn script() -> impl Strategy<Value = Vec<Vec<(Question, isize)>>> {
+    prop::collection::vec(
+        prop::collection::vec((0u8..10, proptest::option::weighted(0.75, body())), 0..8),
+        1..6,
+    )
+    .prop_map(|epochs| upserts_to_updates(&epochs, question))
+}
+
+/// Checks a question step on 1 and 2 workers against `reference` at every epoch.
+fn check<B, F>(script: &[Vec<(Question, isize)>], make: impl Fn() -> B, reference: F)
+where
+    B: Build<Question, Out>,
+    F: Fn(&[Question]) -> Bag<Out>,
+{
+    let inputs = accumulate_script(script);
+    for workers in [1, 2] {
+        let outputs = run_script(workers, script, make());
+        for (epoch, (input, output)) in inputs.iter().zip(&outputs).enumerate() {
+            let live: Vec<Question> = input.keys().cloned().collect();
+            assert_eq!(
+                output,
+                &reference(&live),
+                "epoch {epoch} on {workers} worker(s), input {live:?}"
+            );
+        }
+    }
+}
+
+struct Length(u32);
+impl Build<Question, Out> for Length {
+    fn build<'s>(&self, input: VecCollection<'s, Epoch, Question>) -> VecCollection<'s, Epoch, Out> {
+        combine(length::length_guard(STEP, input.map(|q| (q.id, q)), self.0))
+    }
+}
+
+struct Select(Selection);
+impl Build<Question, Out> for Select {
+    fn build<'s>(&self, input: VecCollection<'s, Epoch, Question>) -> VecCollection<'s, Epoch, Out> {
+        combine(select::select(STEP, input.map(|q| (q.id, q)), self.0.clone()))
+    }
+}
+
+struct Dedup;
+impl Build<Question, Out> for Dedup {
+    fn build<'s>(&self, input: VecCollection<'s, Epoch, Question>) -> VecCollection<'s, Epoch, Out> {
+        combine(dedup::dedup_exact(STEP, input.map(|q| (q.id, q))))
+    }
+}
+
+fn selections() -> impl Strategy<Value = Selection> {
+    let sizes = (0u64..4, 0u64..4).prop_map(|(d, m)| {
+        let mut s = GroupSizes::uniform(d);
+        s.per_group.insert(GroupKey::Domain(Domain::Math), m);
+        s.per_group.insert(GroupKey::Source(SourceId(1)), m);
+        s
+    });
+    let per = prop_oneof![Just(GroupBy::All), Just(GroupBy::Source), Just(GroupBy::Domain)];
+    prop_oneof![
+        (proptest::option::of(0i64..4), proptest::option::of(2i64..6))
+            .prop_map(|(min, max)| Selection::Threshold { min, max }),
+        (per.clone(), sizes.clone()).prop_map(|(per, n)| Selection::TopN { per, n }),
+        (per, sizes).prop_map(|(per, n)| Selection::Sample { per, n }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    #[test]
+    fn length_guard_matches_reference(script in script(), max in 0u32..30) {
+        check(&script, || Length(max), |qs| {
+            let (mut p, mut r) = (vec![], vec![]);
+            for q in qs {
+                match length::verdict(STEP, q, max) { None => p.push(q.clone()), Some(x) => r.push(x) }
+            }
+            expect_questions(p, r)
+        });
+    }
+
+    #[test]
+    fn select_matches_reference(script in script(), selection in selections()) {
+        check(&script, || Select(selection.clone()), |qs| {
+            let (p, r) = select::reference(STEP, qs, &selection);
+            expect_questions(p, r)
+        });
+    }
+
+    #[test]
+    fn dedup_matches_reference(script in script()) {
+        check(&script, || Dedup, |qs| {
+            let (p, r) = dedup::reference(STEP, qs);
+            expect_questions(p, r)
+        });
+    }
+}
+
+// ---- decontaminate: two inputs (questions and benchmark items) and texts in a store.
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+enum DIn {
+    Q(Question),
+    B(BenchItem),
+}
+
+const WORDS: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
+
+fn text_of(seed: u8, len: usize) -> String {
+    // Few words, short texts: shared n-grams are frequent.
+    let mut s = seed as u64 * 2654435761 + 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            WORDS[(s % 4) as usize]
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Decontam {
+    cfg: NgramConfig,
+    texts: Arc<MemTexts>,
+}
+impl Build<DIn, Out> for Decontam {
+    fn build<'s>(&self, input: VecCollection<'s, Epoch, DIn>) -> VecCollection<'s, Epoch, Out> {
+        let questions = input.clone().flat_map(|d| match d {
+            DIn::Q(q) => Some((q.id, q)),
+            _ => None,
+        });
+        let items = input.flat_map(|d| match d {
+            DIn::B(b) => Some(b),
+            _ => None,
+        });
+        let matches =
+            decontam::ngram_matches(questions.clone(), items, self.cfg.clone(), self.texts.clone());
+        let out = decontam::apply_matches(STEP, questions, matches.clone());
+        combine(out).concat(matches.map(Out::Match))
+    }
+}
+
+fn decontam_script() -> impl Strategy<Value = (Vec<Vec<(DIn, isize)>>, Vec<String>)> {
+    let q_ups = prop::collection::vec((0u8..8, proptest::option::weighted(0.8, (0u8..20, 2usize..7))), 0..6);
+    let b_ups = prop::collection::vec((0u8..4, proptest::option::weighted(0.7, (0u8..20, 2usize..6))), 0..3);
+    prop::collection::vec((q_ups, b_ups), 1..6).prop_map(|epochs| {
+        let mut texts = Vec::new();
+        let qs: Vec<Vec<_>> = epochs.iter().map(|(q, _)| q.clone()).collect();
+        let bs: Vec<Vec<_>> = epochs.iter().map(|(_, b)| b.clone()).collect();
+        let q_updates = upserts_to_updates(&qs, |k: &u8, (seed, len): &(u8, usize)| {
+            let text = text_of(*seed, *len);
+            DIn::Q(Question {
+                id: QuestionId(*k as u64),
+                source: SourceId(0),
+                priority: 0,
+                domain: Domain::Math,
+                hash: thoughtflow_operators::hash::content_hash(&text),
+                text: thoughtflow_operators::hash::text_ref(&text),
+                tokens: *len as u32,
+                chars: text.len() as u32,
+                score: None,
+                difficulty: None,
+            })
+        });
+        let b_updates = upserts_to_updates(&bs, |k: &u8, (seed, len): &(u8, usize)| {
+            DIn::B(BenchItem {
+                bench: format!("bench{}", k % 2),
+                item: format!("item{k}"),
+                text: text_of(seed.wrapping_add(100), *len),
+            })
+        });
+        for epoch in &epochs {
+            for (_, v) in &epoch.0 {
+                if let Some((seed, len)) = v { texts.push(text_of(*seed, *len)); }
+            }
+        }
+        let script = q_updates.into_iter().zip(b_updates).map(|(mut a, b)| { a.extend(b); a }).collect();
+        (script, texts)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
+
+    #[test]
+    fn decontaminate_matches_reference((script, texts) in decontam_script(), n in 1usize..4, char_unit in any::<bool>()) {
+        let cfg = NgramConfig { n: if char_unit { n + 6 } else { n }, unit: if char_unit { NgramUnit::Char } else { NgramUnit::Word } };
+        let store = MemTexts::new();
+        let mut text_by_ref = BTreeMap::new();
+        for t in &texts { text_by_ref.insert(store.put(t), t.clone()); }
+        let inputs = accumulate_script(&script);
+        for workers in [1, 2] {
+            let outputs = run_script(workers, &script, Decontam { cfg: cfg.clone(), texts: store.clone() });
+            for (epoch, (input, output)) in inputs.iter().zip(&outputs).enumerate() {
+                let qs: Vec<Question> = input.keys().filter_map(|d| match d { DIn::Q(q) => Some(q.clone()), _ => None }).collect();
+                let items: Vec<BenchItem> = input.keys().filter_map(|d| match d { DIn::B(b) => Some(b.clone()), _ => None }).collect();
+                let pairs: Vec<(QuestionId, String)> = qs.iter().map(|q| (q.id, text_by_ref[&q.text].clone())).collect();
+                let matches = decontam::reference_matches(&cfg, &pairs, &items);
+                let mut expected = Bag::new();
+                for m in &matches { *expected.entry(Out::Match(m.clone())).or_insert(0) += 1; }
+                for q in &qs {
+                    let first = matches.iter().filter(|m| m.question == q.id).map(|m| (m.bench.clone(), m.item.clone())).min();
+                    let out = match first {
+                        None => Out::Passed(q.id, q.clone()),
+                        Some((bench, item)) => Out::Rejected(Rejection { subject: Subject::Question(q.id), step: STEP, reason: Reason::Contaminated, detail: Detail::Contamination { bench, item } }),
+                    };
+                    *expected.entry(out).or_insert(0) += 1;
+                }
+                prop_assert_eq!(output, &expected, "epoch {} on {} worker(s)", epoch, workers);
+            }
+        }
+    }
+}
+
+// ---- fanout (keyed answers) and answer dedup: questions and answers as inputs.
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+enum FIn {
+    Q(Question),
+    A((LookupKey, u16), Answer),
+}
+
+struct Fanout {
+    by: LookupBy,
+    samples: u16,
+    dedup_answers: bool,
+}
+impl Build<FIn, Out> for Fanout {
+    fn build<'s>(&self, input: VecCollection<'s, Epoch, FIn>) -> VecCollection<'s, Epoch, Out> {
+        let questions = input.clone().flat_map(|d| match d {
+            FIn::Q(q) => Some((q.id, q)),
+            _ => None,
+        });
+        let answers = input.flat_map(|d| match d {
+            FIn::A(k, a) => Some((k, a)),
+            _ => None,
+        });
+        let out = fanout::fanout(STEP, questions, TeacherId(1), self.samples, Answers::Keyed { by: self.by, answers });
+        let (rows, mut rejected) = (out.passed, out.rejected);
+        let rows = if self.dedup_answers {
+            let d = answer_dedup::answer_dedup(StepId(4), rows);
+            rejected = rejected.concat(d.rejected);
+            d.passed
+        } else {
+            rows
+        };
+        rows.map(|(k, r)| Out::Row(k, r)).concat(rejected.map(Out::Rejected))
+    }
+}
+
+fn fanout_script() -> impl Strategy<Value = Vec<Vec<(FIn, isize)>>> {
+    let q_ups = prop::collection::vec((0u8..6, proptest::option::weighted(0.8, body())), 0..6);
+    let a_ups = prop::collection::vec(((0u8..6, 0u16..3), proptest::option::weighted(0.8, 0u8..3)), 0..6);
+    prop::collection::vec((q_ups, a_ups), 1..6).prop_map(|epochs| {
+        let qs: Vec<Vec<_>> = epochs.iter().map(|(q, _)| q.clone()).collect();
+        let ans: Vec<Vec<_>> = epochs.iter().map(|(_, a)| a.clone()).collect();
+        let q_updates = upserts_to_updates(&qs, |k: &u8, b: &Body| FIn::Q(question(k, b)));
+        let a_updates = upserts_to_updates(&ans, |(k, s): &(u8, u16), v: &u8| {
+            // Answers keyed by id of question k, and (same numbers) by content hash k.
+            let key = if k % 2 == 0 { LookupKey::Id(QuestionId(*k as u64 * 7919)) } else { LookupKey::Hash(ContentHash(*k as u128 * 1_000_003)) };
+            FIn::A((key, *s), Answer { hash: ContentHash(*v as u128), text: AnswerText::Stored(TextRef(*v as u128)) })
+        });
+        q_updates.into_iter().zip(a_updates).map(|(mut a, b)| { a.extend(b); a }).collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
+
+    #[test]
+    fn fanout_and_answer_dedup_match_reference(script in fanout_script(), by_hash in any::<bool>(), samples in 1u16..4, dedup_answers in any::<bool>()) {
+        let by = if by_hash { LookupBy::Hash } else { LookupBy::Id };
+        let inputs = accumulate_script(&script);
+        for workers in [1, 2] {
+            let outputs = run_script(workers, &script, Fanout { by, samples, dedup_answers });
+            for (epoch, (input, output)) in inputs.iter().zip(&outputs).enumerate() {
+                let qs: Vec<Question> = input.keys().filter_map(|d| match d { FIn::Q(q) => Some(q.clone()), _ => None }).collect();
+                let mut answers: BTreeMap<(LookupKey, u16), Vec<Answer>> = BTreeMap::new();
+                for d in input.keys() { if let FIn::A(k, a) = d { answers.entry(*k).or_default().push(a.clone()); } }
+                let (rows, mut rejected) = fanout::reference_keyed(STEP, &qs, TeacherId(1), samples, by, &answers);
+                let rows = if dedup_answers {
+                    let (p, r) = answer_dedup::reference(StepId(4), &rows);
+                    rejected.extend(r);
+                    p
+                } else { rows };
+                let expected = bag(rows.into_iter().map(|r| Out::Row(r.key, r)).chain(rejected.into_iter().map(Out::Rejected)));
+                prop_assert_eq!(output, &expected, "epoch {} on {} worker(s)", epoch, workers);
+            }
+        }
+    }
+}
+
+#[test]
+fn synthetic_teacher_is_deterministic_and_sized() {
+    let h = ContentHash(42);
+    let a = fanout::synthetic_text(h, 0, 50);
+    assert_eq!(a, fanout::synthetic_text(h, 0, 50));
+    assert_ne!(a, fanout::synthetic_text(h, 1, 50));
+    assert!(a.split_whitespace().count() >= 50);
+    assert_eq!(fanout::synthetic_answer(h, 0, 50), fanout::synthetic_answer(h, 0, 50));
+}

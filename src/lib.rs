@@ -1,1 +1,23 @@
+//! thoughtflow: an incremental streaming dataflow that builds reasoning-training datasets with
+//! the OpenThoughts3 recipe (decontaminate, filter, dedup, teacher fan-out), recomputing only
+//! what changed when sources, benchmarks or questions change.
+//!
+//! - [`recipe`]: recipes (TOML) parsed and validated, every problem reported at once.
+//! - [`explain`]: the dataflow a recipe becomes, as text.
+//! - [`render`]: a recipe rendered into one timely worker's dataflow.
+//! - [`runtime`]: the workers, the epoch loop, `--follow`.
+//! - [`ingest`]: JSONL records to questions or rejections; files to upserts.
+//! - [`store`]: texts and names, out of the dataflow.
+//! - [`teachers`]: replay and synthetic teachers.
+//! - [`sink`]: the dataset shards, changes and audit outputs.
+//! - [`stats`]: exact per-step counts and work.
 
+pub mod explain;
+pub mod ingest;
+pub mod recipe;
+pub mod render;
+pub mod runtime;
+pub mod sink;
+pub mod stats;
+pub mod store;
+pub mod teachers;

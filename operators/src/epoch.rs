@@ -40,42 +40,48 @@ where
 {
     type Pending<A, B> = BTreeMap<Epoch, (Capability<Epoch>, Updates<A>, Updates<B>)>;
     left.inner
-        .binary_frontier(right.inner, left_pact, right_pact, name, move |_cap, _info| {
-            let mut pending: Pending<D1, D2> = BTreeMap::new();
-            let mut produced = Vec::new();
-            move |(in1, f1), (in2, f2), output| {
-                in1.for_each(|cap, data| {
-                    for (d, t, r) in data.drain(..) {
-                        let slot = pending
-                            .entry(t)
-                            .or_insert_with(|| (cap.delayed(&t, 0), Vec::new(), Vec::new()));
-                        slot.1.push((d, r));
-                    }
-                });
-                in2.for_each(|cap, data| {
-                    for (d, t, r) in data.drain(..) {
-                        let slot = pending
-                            .entry(t)
-                            .or_insert_with(|| (cap.delayed(&t, 0), Vec::new(), Vec::new()));
-                        slot.2.push((d, r));
-                    }
-                });
-                while let Some((&t, _)) = pending.first_key_value() {
-                    if f1.less_equal(&t) || f2.less_equal(&t) {
-                        break;
-                    }
-                    let (_, (cap, l, r)) = pending.pop_first().expect("just peeked");
-                    produced.clear();
-                    logic(t, l, r, &mut produced);
-                    if !produced.is_empty() {
-                        let mut session = output.session(&cap);
-                        for (o, d) in produced.drain(..) {
-                            session.give((o, t, d));
+        .binary_frontier(
+            right.inner,
+            left_pact,
+            right_pact,
+            name,
+            move |_cap, _info| {
+                let mut pending: Pending<D1, D2> = BTreeMap::new();
+                let mut produced = Vec::new();
+                move |(in1, f1), (in2, f2), output| {
+                    in1.for_each(|cap, data| {
+                        for (d, t, r) in data.drain(..) {
+                            let slot = pending
+                                .entry(t)
+                                .or_insert_with(|| (cap.delayed(&t, 0), Vec::new(), Vec::new()));
+                            slot.1.push((d, r));
+                        }
+                    });
+                    in2.for_each(|cap, data| {
+                        for (d, t, r) in data.drain(..) {
+                            let slot = pending
+                                .entry(t)
+                                .or_insert_with(|| (cap.delayed(&t, 0), Vec::new(), Vec::new()));
+                            slot.2.push((d, r));
+                        }
+                    });
+                    while let Some((&t, _)) = pending.first_key_value() {
+                        if f1.less_equal(&t) || f2.less_equal(&t) {
+                            break;
+                        }
+                        let (_, (cap, l, r)) = pending.pop_first().expect("just peeked");
+                        produced.clear();
+                        logic(t, l, r, &mut produced);
+                        if !produced.is_empty() {
+                            let mut session = output.session(&cap);
+                            for (o, d) in produced.drain(..) {
+                                session.give((o, t, d));
+                            }
                         }
                     }
                 }
-            }
-        })
+            },
+        )
         .as_collection()
 }
 
@@ -105,4 +111,53 @@ pub fn accumulate<D: Ord + Clone>(
         })
         .filter(|(_, b, a)| b != a)
         .collect()
+}
+
+/// Calls `logic(epoch, updates, output)` once per epoch that has updates, in epoch order, after
+/// the input frontier has passed the epoch. With no output, it is a sink whose (empty) output
+/// stream tells a probe when every worker has handled an epoch.
+pub fn epoch_unary<'s, D, O, P, L>(
+    input: VecCollection<'s, Epoch, D>,
+    pact: P,
+    name: &str,
+    mut logic: L,
+) -> VecCollection<'s, Epoch, O>
+where
+    D: Clone + 'static,
+    O: Clone + 'static,
+    P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
+    L: FnMut(Epoch, Updates<D>, &mut Vec<(O, isize)>) + 'static,
+{
+    input
+        .inner
+        .unary_frontier(pact, name, move |_cap, _info| {
+            let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Updates<D>)> = BTreeMap::new();
+            let mut produced = Vec::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    for (d, t, r) in data.drain(..) {
+                        pending
+                            .entry(t)
+                            .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()))
+                            .1
+                            .push((d, r));
+                    }
+                });
+                while let Some((&t, _)) = pending.first_key_value() {
+                    if frontier.less_equal(&t) {
+                        break;
+                    }
+                    let (_, (cap, updates)) = pending.pop_first().expect("just peeked");
+                    produced.clear();
+                    logic(t, updates, &mut produced);
+                    if !produced.is_empty() {
+                        let mut session = output.session(&cap);
+                        for (o, d) in produced.drain(..) {
+                            session.give((o, t, d));
+                        }
+                    }
+                }
+            }
+        })
+        .as_collection()
 }

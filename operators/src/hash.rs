@@ -164,7 +164,10 @@ mod tests {
     #[test]
     fn words_ignore_punctuation() {
         let n = normalize("Convert $(0,3)$ to polar!");
-        assert_eq!(words(&n).collect::<Vec<_>>(), ["convert", "0", "3", "to", "polar"]);
+        assert_eq!(
+            words(&n).collect::<Vec<_>>(),
+            ["convert", "0", "3", "to", "polar"]
+        );
     }
 
     #[test]

@@ -16,23 +16,33 @@ pub type Epoch = u64;
 /// Identity of a question: xxh3-64 of `(source name, external id)`, see [`crate::hash::question_id`].
 ///
 /// Upserts are keyed by it: a re-sent id replaces the question, a tombstone deletes it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct QuestionId(pub u64);
 
 /// xxh3-128 of normalized text (see [`crate::hash::content_hash`]): equal for exact duplicates.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct ContentHash(pub u128);
 
 /// xxh3-128 of the raw text bytes: the key of a text in the content-addressed store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct TextRef(pub u128);
 
 /// Identity of a source (a file source or a Kafka topic): xxh3-64 of its name.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct SourceId(pub u64);
 
 /// Position of a step in its recipe (0-based). Ingest uses [`StepId::INGEST`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct StepId(pub u16);
 
 impl StepId {
@@ -41,7 +51,9 @@ impl StepId {
 }
 
 /// Index of a teacher in its recipe's teacher list.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct TeacherId(pub u16);
 
 macro_rules! hex_display {
@@ -158,7 +170,10 @@ pub enum Subject {
     Question(QuestionId),
     Row(RowKey),
     /// A piece of input that never became a question: `path:line`, `topic/partition@offset`.
-    Input { source: SourceId, location: String },
+    Input {
+        source: SourceId,
+        location: String,
+    },
 }
 
 /// Why a step dropped something. Stable snake-case names appear in the audit output.
@@ -226,7 +241,9 @@ pub struct Rejection {
 }
 
 /// One dataset row: a question, one teacher, one sample.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct RowKey {
     pub question: QuestionId,
     pub teacher: TeacherId,
@@ -241,7 +258,11 @@ pub enum AnswerText {
     /// A text in the store.
     Stored(TextRef),
     /// Generated on demand by the synthetic teacher (a pure function of these).
-    Synthetic { question: ContentHash, sample: u16, words: u32 },
+    Synthetic {
+        question: ContentHash,
+        sample: u16,
+        words: u32,
+    },
 }
 
 /// A teacher's answer: its content identity and where its text is.

@@ -54,16 +54,22 @@ struct Body {
 }
 
 fn body() -> impl Strategy<Value = Body> {
-    (0u8..3, 0u8..2, 0u32..2, 0u8..5, 0u32..30, proptest::option::weighted(0.9, 0i64..6)).prop_map(
-        |(domain, source, priority, hash, tokens, score)| Body {
+    (
+        0u8..3,
+        0u8..2,
+        0u32..2,
+        0u8..5,
+        0u32..30,
+        proptest::option::weighted(0.9, 0i64..6),
+    )
+        .prop_map(|(domain, source, priority, hash, tokens, score)| Body {
             domain,
             source,
             priority,
             hash,
             tokens,
             score,
-        },
-    )
+        })
 }
 
 fn question(key: &u8, b: &Body) -> Question {
@@ -111,21 +117,34 @@ where
 
 struct Length(u32);
 impl Build<Question, Out> for Length {
-    fn build<'s>(&self, input: VecCollection<'s, Epoch, Question>) -> VecCollection<'s, Epoch, Out> {
+    fn build<'s>(
+        &self,
+        input: VecCollection<'s, Epoch, Question>,
+    ) -> VecCollection<'s, Epoch, Out> {
         combine(length::length_guard(STEP, input.map(|q| (q.id, q)), self.0))
     }
 }
 
 struct Select(Selection);
 impl Build<Question, Out> for Select {
-    fn build<'s>(&self, input: VecCollection<'s, Epoch, Question>) -> VecCollection<'s, Epoch, Out> {
-        combine(select::select(STEP, input.map(|q| (q.id, q)), self.0.clone()))
+    fn build<'s>(
+        &self,
+        input: VecCollection<'s, Epoch, Question>,
+    ) -> VecCollection<'s, Epoch, Out> {
+        combine(select::select(
+            STEP,
+            input.map(|q| (q.id, q)),
+            self.0.clone(),
+        ))
     }
 }
 
 struct Dedup;
 impl Build<Question, Out> for Dedup {
-    fn build<'s>(&self, input: VecCollection<'s, Epoch, Question>) -> VecCollection<'s, Epoch, Out> {
+    fn build<'s>(
+        &self,
+        input: VecCollection<'s, Epoch, Question>,
+    ) -> VecCollection<'s, Epoch, Out> {
         combine(dedup::dedup_exact(STEP, input.map(|q| (q.id, q))))
     }
 }
@@ -137,7 +156,11 @@ fn selections() -> impl Strategy<Value = Selection> {
         s.per_group.insert(GroupKey::Source(SourceId(1)), m);
         s
     });
-    let per = prop_oneof![Just(GroupBy::All), Just(GroupBy::Source), Just(GroupBy::Domain)];
+    let per = prop_oneof![
+        Just(GroupBy::All),
+        Just(GroupBy::Source),
+        Just(GroupBy::Domain)
+    ];
     prop_oneof![
         (proptest::option::of(0i64..4), proptest::option::of(2i64..6))
             .prop_map(|(min, max)| Selection::Threshold { min, max }),
@@ -215,16 +238,32 @@ impl Build<DIn, Out> for Decontam {
             DIn::B(b) => Some(b),
             _ => None,
         });
-        let matches =
-            decontam::ngram_matches(questions.clone(), items, self.cfg.clone(), self.texts.clone());
+        let matches = decontam::ngram_matches(
+            questions.clone(),
+            items,
+            self.cfg.clone(),
+            self.texts.clone(),
+        );
         let out = decontam::apply_matches(STEP, questions, matches.clone());
         combine(out).concat(matches.map(Out::Match))
     }
 }
 
 fn decontam_script() -> impl Strategy<Value = (Vec<Vec<(DIn, isize)>>, Vec<String>)> {
-    let q_ups = prop::collection::vec((0u8..8, proptest::option::weighted(0.8, (0u8..20, 2usize..7))), 0..6);
-    let b_ups = prop::collection::vec((0u8..4, proptest::option::weighted(0.7, (0u8..20, 2usize..6))), 0..3);
+    let q_ups = prop::collection::vec(
+        (
+            0u8..8,
+            proptest::option::weighted(0.8, (0u8..20, 2usize..7)),
+        ),
+        0..6,
+    );
+    let b_ups = prop::collection::vec(
+        (
+            0u8..4,
+            proptest::option::weighted(0.7, (0u8..20, 2usize..6)),
+        ),
+        0..3,
+    );
     prop::collection::vec((q_ups, b_ups), 1..6).prop_map(|epochs| {
         let mut texts = Vec::new();
         let qs: Vec<Vec<_>> = epochs.iter().map(|(q, _)| q.clone()).collect();
@@ -253,10 +292,19 @@ fn decontam_script() -> impl Strategy<Value = (Vec<Vec<(DIn, isize)>>, Vec<Strin
         });
         for epoch in &epochs {
             for (_, v) in &epoch.0 {
-                if let Some((seed, len)) = v { texts.push(text_of(*seed, *len)); }
+                if let Some((seed, len)) = v {
+                    texts.push(text_of(*seed, *len));
+                }
             }
         }
-        let script = q_updates.into_iter().zip(b_updates).map(|(mut a, b)| { a.extend(b); a }).collect();
+        let script = q_updates
+            .into_iter()
+            .zip(b_updates)
+            .map(|(mut a, b)| {
+                a.extend(b);
+                a
+            })
+            .collect();
         (script, texts)
     })
 }
@@ -317,7 +365,16 @@ impl Build<FIn, Out> for Fanout {
             FIn::A(k, a) => Some((k, a)),
             _ => None,
         });
-        let out = fanout::fanout(STEP, questions, TeacherId(1), self.samples, Answers::Keyed { by: self.by, answers });
+        let out = fanout::fanout(
+            STEP,
+            questions,
+            TeacherId(1),
+            self.samples,
+            Answers::Keyed {
+                by: self.by,
+                answers,
+            },
+        );
         let (rows, mut rejected) = (out.passed, out.rejected);
         let rows = if self.dedup_answers {
             let d = answer_dedup::answer_dedup(StepId(4), rows);
@@ -326,23 +383,44 @@ impl Build<FIn, Out> for Fanout {
         } else {
             rows
         };
-        rows.map(|(k, r)| Out::Row(k, r)).concat(rejected.map(Out::Rejected))
+        rows.map(|(k, r)| Out::Row(k, r))
+            .concat(rejected.map(Out::Rejected))
     }
 }
 
 fn fanout_script() -> impl Strategy<Value = Vec<Vec<(FIn, isize)>>> {
     let q_ups = prop::collection::vec((0u8..6, proptest::option::weighted(0.8, body())), 0..6);
-    let a_ups = prop::collection::vec(((0u8..6, 0u16..3), proptest::option::weighted(0.8, 0u8..3)), 0..6);
+    let a_ups = prop::collection::vec(
+        ((0u8..6, 0u16..3), proptest::option::weighted(0.8, 0u8..3)),
+        0..6,
+    );
     prop::collection::vec((q_ups, a_ups), 1..6).prop_map(|epochs| {
         let qs: Vec<Vec<_>> = epochs.iter().map(|(q, _)| q.clone()).collect();
         let ans: Vec<Vec<_>> = epochs.iter().map(|(_, a)| a.clone()).collect();
         let q_updates = upserts_to_updates(&qs, |k: &u8, b: &Body| FIn::Q(question(k, b)));
         let a_updates = upserts_to_updates(&ans, |(k, s): &(u8, u16), v: &u8| {
             // Answers keyed by id of question k, and (same numbers) by content hash k.
-            let key = if k % 2 == 0 { LookupKey::Id(QuestionId(*k as u64 * 7919)) } else { LookupKey::Hash(ContentHash(*k as u128 * 1_000_003)) };
-            FIn::A((key, *s), Answer { hash: ContentHash(*v as u128), text: AnswerText::Stored(TextRef(*v as u128)) })
+            let key = if k % 2 == 0 {
+                LookupKey::Id(QuestionId(*k as u64 * 7919))
+            } else {
+                LookupKey::Hash(ContentHash(*k as u128 * 1_000_003))
+            };
+            FIn::A(
+                (key, *s),
+                Answer {
+                    hash: ContentHash(*v as u128),
+                    text: AnswerText::Stored(TextRef(*v as u128)),
+                },
+            )
         });
-        q_updates.into_iter().zip(a_updates).map(|(mut a, b)| { a.extend(b); a }).collect()
+        q_updates
+            .into_iter()
+            .zip(a_updates)
+            .map(|(mut a, b)| {
+                a.extend(b);
+                a
+            })
+            .collect()
     })
 }
 
@@ -379,5 +457,8 @@ fn synthetic_teacher_is_deterministic_and_sized() {
     assert_eq!(a, fanout::synthetic_text(h, 0, 50));
     assert_ne!(a, fanout::synthetic_text(h, 1, 50));
     assert!(a.split_whitespace().count() >= 50);
-    assert_eq!(fanout::synthetic_answer(h, 0, 50), fanout::synthetic_answer(h, 0, 50));
+    assert_eq!(
+        fanout::synthetic_answer(h, 0, 50),
+        fanout::synthetic_answer(h, 0, 50)
+    );
 }

@@ -26,12 +26,7 @@ pub fn answer_dedup<'s>(
             }
         })
         .map(|(_, v)| v);
-    let passed = rows.semijoin(
-        verdicts
-            .clone()
-            .filter(|(m, w)| m == w)
-            .map(|(m, _)| m),
-    );
+    let passed = rows.semijoin(verdicts.clone().filter(|(m, w)| m == w).map(|(m, _)| m));
     let rejected = verdicts
         .filter(|(m, w)| m != w)
         .map(move |(member, winner)| Rejection {
@@ -47,7 +42,10 @@ pub fn answer_dedup<'s>(
 pub fn reference(step: StepId, rows: &[Row]) -> (Vec<Row>, Vec<Rejection>) {
     let mut groups: BTreeMap<_, Vec<&Row>> = BTreeMap::new();
     for r in rows {
-        groups.entry((r.question.hash, r.answer.hash)).or_default().push(r);
+        groups
+            .entry((r.question.hash, r.answer.hash))
+            .or_default()
+            .push(r);
     }
     let (mut passed, mut rejected) = (Vec::new(), Vec::new());
     for (_, mut members) in groups {

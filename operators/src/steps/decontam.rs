@@ -32,8 +32,8 @@
 use crate::epoch::{accumulate, epoch_binary};
 use crate::hash;
 use crate::record::{
-    BenchItem, Detail, Epoch, Match, MatchMethod, Question, QuestionId, Reason, Rejection,
-    StepId, Subject, TextRef,
+    BenchItem, Detail, Epoch, Match, MatchMethod, Question, QuestionId, Reason, Rejection, StepId,
+    Subject, TextRef,
 };
 use crate::steps::StepOutput;
 use crate::text::TextLookup;
@@ -130,7 +130,10 @@ impl BenchmarkIndex {
         for (pos, g) in grams.iter().enumerate() {
             if let Some(items) = self.grams.get(g) {
                 for &i in items {
-                    hits.entry(i).or_insert_with(|| (pos, HashSet::new())).1.insert(*g);
+                    hits.entry(i)
+                        .or_insert_with(|| (pos, HashSet::new()))
+                        .1
+                        .insert(*g);
                 }
             }
         }

@@ -35,12 +35,7 @@ pub fn dedup_exact<'s>(
             }
         })
         .map(|(_hash, (member, winner))| (member, winner));
-    let passed = questions.semijoin(
-        verdicts
-            .clone()
-            .filter(|(m, w)| m == w)
-            .map(|(m, _)| m),
-    );
+    let passed = questions.semijoin(verdicts.clone().filter(|(m, w)| m == w).map(|(m, _)| m));
     let rejected = verdicts
         .filter(|(m, w)| m != w)
         .map(move |(member, winner)| Rejection {

@@ -72,10 +72,50 @@ pub fn synthetic_answer(question: ContentHash, sample: u16, words: u32) -> Answe
 }
 
 const VOCABULARY: &[&str] = &[
-    "let", "we", "consider", "the", "case", "where", "so", "then", "therefore", "value", "equals",
-    "since", "first", "next", "check", "that", "holds", "sum", "of", "and", "is", "wait", "but",
-    "hmm", "compute", "term", "gives", "answer", "each", "step", "thus", "if", "not", "assume",
-    "number", "function", "returns", "loop", "over", "array", "energy", "force", "mass", "field",
+    "let",
+    "we",
+    "consider",
+    "the",
+    "case",
+    "where",
+    "so",
+    "then",
+    "therefore",
+    "value",
+    "equals",
+    "since",
+    "first",
+    "next",
+    "check",
+    "that",
+    "holds",
+    "sum",
+    "of",
+    "and",
+    "is",
+    "wait",
+    "but",
+    "hmm",
+    "compute",
+    "term",
+    "gives",
+    "answer",
+    "each",
+    "step",
+    "thus",
+    "if",
+    "not",
+    "assume",
+    "number",
+    "function",
+    "returns",
+    "loop",
+    "over",
+    "array",
+    "energy",
+    "force",
+    "mass",
+    "field",
 ];
 
 /// The synthetic teacher's text: a reasoning-shaped answer of `words` words, a pure function of
@@ -132,7 +172,8 @@ pub fn fanout<'s>(
                     .map(|s| row(&q, teacher, s, synthetic_answer(q.hash, s, words)))
                     .collect::<Vec<_>>()
             });
-            let rejected = differential_dataflow::collection::concatenate(scope, std::iter::empty());
+            let rejected =
+                differential_dataflow::collection::concatenate(scope, std::iter::empty());
             RowOutput { passed, rejected }
         }
         Answers::Keyed { by, answers } => {
@@ -143,19 +184,22 @@ pub fn fanout<'s>(
             });
             let passed = wanted
                 .clone()
-                .join_map(answers.clone(), move |(_, s), q, a| row(q, teacher, *s, a.clone()));
-            let rejected = wanted
-                .antijoin(answers.map(|(k, _)| k).distinct())
-                .map(move |((_, s), q)| Rejection {
-                    subject: Subject::Row(RowKey {
-                        question: q.id,
-                        teacher,
-                        sample: s,
-                    }),
-                    step,
-                    reason: Reason::NoAnswer,
-                    detail: Detail::None,
+                .join_map(answers.clone(), move |(_, s), q, a| {
+                    row(q, teacher, *s, a.clone())
                 });
+            let rejected =
+                wanted
+                    .antijoin(answers.map(|(k, _)| k).distinct())
+                    .map(move |((_, s), q)| Rejection {
+                        subject: Subject::Row(RowKey {
+                            question: q.id,
+                            teacher,
+                            sample: s,
+                        }),
+                        step,
+                        reason: Reason::NoAnswer,
+                        detail: Detail::None,
+                    });
             RowOutput { passed, rejected }
         }
     }

@@ -43,7 +43,9 @@ pub fn scoped<'s>(
         None => step(questions),
         Some(domains) => {
             let d2 = domains.clone();
-            let inside = questions.clone().filter(move |(_, q)| domains.contains(&q.domain));
+            let inside = questions
+                .clone()
+                .filter(move |(_, q)| domains.contains(&q.domain));
             let bypass = questions.filter(move |(_, q)| !d2.contains(&q.domain));
             let out = step(inside);
             StepOutput {

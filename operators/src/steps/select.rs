@@ -95,7 +95,12 @@ fn rank(selection: &Selection, q: &Question) -> Rank {
     }
 }
 
-fn threshold_verdict(step: StepId, q: &Question, min: Option<i64>, max: Option<i64>) -> Option<Rejection> {
+fn threshold_verdict(
+    step: StepId,
+    q: &Question,
+    min: Option<i64>,
+    max: Option<i64>,
+) -> Option<Rejection> {
     let reject = |reason, score, bound| Rejection {
         subject: Subject::Question(q.id),
         step,
@@ -104,8 +109,12 @@ fn threshold_verdict(step: StepId, q: &Question, min: Option<i64>, max: Option<i
     };
     match q.score {
         None => Some(no_score(step, q.id)),
-        Some(s) if min.is_some_and(|m| s < m) => Some(reject(Reason::BelowThreshold, s, min.unwrap())),
-        Some(s) if max.is_some_and(|m| s > m) => Some(reject(Reason::AboveThreshold, s, max.unwrap())),
+        Some(s) if min.is_some_and(|m| s < m) => {
+            Some(reject(Reason::BelowThreshold, s, min.unwrap()))
+        }
+        Some(s) if max.is_some_and(|m| s > m) => {
+            Some(reject(Reason::AboveThreshold, s, max.unwrap()))
+        }
         Some(_) => None,
     }
 }

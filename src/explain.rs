@@ -1,0 +1,167 @@
+//! `thoughtflow explain`: the dataflow a recipe becomes, as text.
+
+use crate::recipe::{DedupMode, Recipe, SelectSpec, Sizes, StepKind, TeacherKind};
+use std::fmt::Write;
+use thoughtflow_operators::steps::decontam::NgramUnit;
+use thoughtflow_operators::steps::fanout::LookupBy;
+use thoughtflow_operators::steps::score::Heuristic;
+use thoughtflow_operators::steps::select::GroupBy;
+
+fn sizes(s: &Sizes) -> String {
+    let mut parts: Vec<String> = s.per_name.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if let Some(d) = s.default {
+        parts.insert(0, format!("default={d}"));
+    }
+    parts.join(", ")
+}
+
+fn per(p: GroupBy) -> &'static str {
+    match p {
+        GroupBy::All => "overall",
+        GroupBy::Source => "per source",
+        GroupBy::Domain => "per domain",
+    }
+}
+
+/// Describes one step's computation.
+pub fn describe(kind: &StepKind, recipe: &Recipe) -> String {
+    match kind {
+        StepKind::Decontaminate { ngram, benchmarks } => format!(
+            "drop questions sharing a {}-{} n-gram with {} (index: benchmark items broadcast to every worker; questions matched on arrival, re-matched when a benchmark arrives)",
+            ngram.n,
+            match ngram.unit {
+                NgramUnit::Word => "word",
+                NgramUnit::Char => "character",
+            },
+            match benchmarks {
+                None => format!("any of the {} benchmark entries", recipe.benchmarks.len()),
+                Some(b) => b.join(", "),
+            }
+        ),
+        StepKind::LengthGuard { max_tokens } => {
+            format!("drop questions longer than {max_tokens} whitespace tokens (stateless)")
+        }
+        StepKind::Score {
+            scorer,
+            as_difficulty,
+        } => format!(
+            "score = {}{} (stateless)",
+            match scorer {
+                Heuristic::Chars => "question length in characters".to_string(),
+                Heuristic::Tokens => "question length in whitespace tokens".to_string(),
+                Heuristic::Constant(c) => format!("constant {c}"),
+            },
+            if *as_difficulty { ", published as difficulty" } else { "" }
+        ),
+        StepKind::Select(SelectSpec::Threshold { min, max }) => format!(
+            "keep questions with {}{}{} (stateless)",
+            min.map(|m| format!("score >= {m}")).unwrap_or_default(),
+            if min.is_some() && max.is_some() { " and " } else { "" },
+            max.map(|m| format!("score <= {m}")).unwrap_or_default()
+        ),
+        StepKind::Select(SelectSpec::TopN { per: p, n }) => format!(
+            "keep the top-N scores {} ({}); ties by content hash (reduce per group)",
+            per(*p),
+            sizes(n)
+        ),
+        StepKind::Select(SelectSpec::Sample { per: p, n }) => format!(
+            "keep a uniform sample {}: the N smallest content hashes ({}) (reduce per group)",
+            per(*p),
+            sizes(n)
+        ),
+        StepKind::Dedup { mode: DedupMode::Exact } => {
+            "keep one question per content hash; winner = min (source priority, question id) (reduce per hash)".into()
+        }
+        StepKind::Dedup { mode: DedupMode::None } => "no dedup (pass-through)".into(),
+        StepKind::Fanout { teachers, samples } => {
+            let ts: Vec<String> = teachers
+                .iter()
+                .map(|name| {
+                    let t = recipe.teachers.iter().find(|t| &t.name == name);
+                    match t.map(|t| &t.kind) {
+                        Some(TeacherKind::Synthetic { answer_words }) => {
+                            format!("{name} (synthetic, ~{answer_words} words)")
+                        }
+                        Some(TeacherKind::Replay { path, key, .. }) => format!(
+                            "{name} (replay {} by {})",
+                            path.display(),
+                            match key {
+                                LookupBy::Id => "question id",
+                                LookupBy::Hash => "content hash",
+                            }
+                        ),
+                        None => name.clone(),
+                    }
+                })
+                .collect();
+            format!(
+                "{samples} sample(s) per question from {} (join with the answer collection; a missing answer is a rejection)",
+                ts.join(" + ")
+            )
+        }
+        StepKind::AnswerDedup => {
+            "keep one row per (question hash, answer hash) (reduce per pair)".into()
+        }
+    }
+}
+
+/// The whole graph.
+pub fn explain(recipe: &Recipe) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "recipe {:?} ({})", recipe.name, recipe.file.display());
+    if !recipe.description.is_empty() {
+        let _ = writeln!(o, "  {}", recipe.description);
+    }
+    let _ = writeln!(
+        o,
+        "\nsources (upserts keyed by source + id; one epoch per poll):"
+    );
+    for s in &recipe.sources {
+        let _ = writeln!(
+            o,
+            "  {:<24} {}  domain={} priority={} fields: id={:?} question={:?}",
+            s.name,
+            s.path.display(),
+            s.domain.map(|d| d.as_str()).unwrap_or("(per record)"),
+            s.priority,
+            s.fields.id,
+            s.fields.question
+        );
+    }
+    if !recipe.benchmarks.is_empty() {
+        let _ = writeln!(o, "\nbenchmarks (items broadcast to every worker):");
+        for b in &recipe.benchmarks {
+            let _ = writeln!(o, "  {:<24} {}", b.name, b.path.display());
+        }
+    }
+    let _ = writeln!(o, "\ngraph:");
+    let _ = writeln!(
+        o,
+        "  [ingest] parse JSONL -> normalize (NFKC, lowercase, whitespace) -> content hash xxh3-128 -> upsert by id"
+    );
+    let _ = writeln!(o, "     |   rejects: malformed_json, missing_field, empty_text, invalid_utf8, too_large, unknown_domain");
+    for (i, s) in recipe.steps.iter().enumerate() {
+        let scope = match &s.domains {
+            Some(d) => format!(
+                " [{} only; others bypass]",
+                d.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            None => String::new(),
+        };
+        let _ = writeln!(o, "     v");
+        let _ = writeln!(
+            o,
+            "  [{i}] {} ({}){scope}: {}",
+            s.id,
+            s.kind.type_name(),
+            describe(&s.kind, recipe)
+        );
+    }
+    let _ = writeln!(o, "     v");
+    let _ = writeln!(
+        o,
+        "  [sink] dataset/part-*.jsonl ({} shards by question id), changes/EPOCH.jsonl, rejections/<step>.jsonl, contamination/matches.jsonl, stats.json",
+        recipe.sink.shards
+    );
+    o
+}

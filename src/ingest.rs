@@ -1,0 +1,513 @@
+//! Ingest: JSONL records become questions (or rejections), and files become upserts.
+//!
+//! [`parse_question`] turns one line into a [`Question`] (text stored, content hash computed)
+//! or a rejection with its reason (`malformed_json`, `missing_field`, `empty_text`,
+//! `invalid_utf8`, `too_large`, `unknown_domain`): bad input never stops a run.
+//!
+//! [`FileTracker`] watches a source's path (a file, or a folder of `*.jsonl`) and turns each new
+//! or rewritten file into upserts keyed by question id: every record is an upsert, and an id
+//! that a rewritten (or deleted) file no longer holds becomes a tombstone. A file's earlier
+//! rejections are retracted when it is rewritten. An id belongs to the last file that sent it.
+
+use crate::recipe::{BenchmarkSpec, FieldMap, SourceSpec};
+use crate::store::Store;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use thoughtflow_operators::hash;
+use thoughtflow_operators::record::{
+    BenchItem, Detail, Domain, Question, QuestionId, Reason, Rejection, SourceId, StepId, Subject,
+};
+
+/// A parsed question: the dataflow record and its external id.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    pub question: Question,
+    pub ext_id: String,
+}
+
+/// Why a line did not become a question.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineError {
+    pub reason: Reason,
+    pub message: String,
+}
+
+fn err(reason: Reason, message: impl Into<String>) -> LineError {
+    LineError {
+        reason,
+        message: message.into(),
+    }
+}
+
+fn field_string(obj: &serde_json::Map<String, Value>, field: &str) -> Result<String, LineError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Err(err(
+            Reason::MissingField,
+            format!("missing field {field:?}"),
+        )),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(other) => Err(err(
+            Reason::MalformedJson,
+            format!(
+                "field {field:?} is {}, expected a string",
+                match other {
+                    Value::Bool(_) => "a boolean",
+                    Value::Array(_) => "an array",
+                    Value::Object(_) => "an object",
+                    _ => "not a string",
+                }
+            ),
+        )),
+    }
+}
+
+/// Parses one JSON object (bytes of one line) into an object map.
+pub fn parse_object(
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<serde_json::Map<String, Value>, LineError> {
+    if bytes.len() > max_bytes {
+        return Err(err(
+            Reason::TooLarge,
+            format!(
+                "record of {} bytes is over the limit of {max_bytes}",
+                bytes.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| err(Reason::InvalidUtf8, format!("invalid UTF-8: {e}")))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(err(Reason::MalformedJson, "expected a JSON object")),
+        Err(e) => Err(err(Reason::MalformedJson, format!("invalid JSON: {e}"))),
+    }
+}
+
+/// Parses one line of a question source, storing its text and name on success.
+pub fn parse_question(
+    spec: &SourceSpec,
+    source: SourceId,
+    bytes: &[u8],
+    store: &Store,
+) -> Result<Parsed, LineError> {
+    let obj = parse_object(bytes, spec.max_record_bytes)?;
+    let fields: &FieldMap = &spec.fields;
+    let ext_id = field_string(&obj, &fields.id)?;
+    let text = field_string(&obj, &fields.question)?;
+    if text.trim().is_empty() {
+        return Err(err(
+            Reason::EmptyText,
+            format!("field {:?} is empty", fields.question),
+        ));
+    }
+    let domain = match obj.get(&fields.domain) {
+        Some(Value::String(d)) => Domain::parse(d).ok_or_else(|| {
+            err(
+                Reason::UnknownDomain,
+                format!("domain {d:?} is not one of math, code, science"),
+            )
+        })?,
+        Some(Value::Null) | None => spec.domain.ok_or_else(|| {
+            err(
+                Reason::UnknownDomain,
+                format!(
+                    "no domain: the record has no {:?} field and source {:?} sets no domain",
+                    fields.domain, spec.name
+                ),
+            )
+        })?,
+        Some(_) => {
+            return Err(err(
+                Reason::UnknownDomain,
+                format!("field {:?} is not a string", fields.domain),
+            ))
+        }
+    };
+    let id = hash::question_id(&spec.name, &ext_id);
+    let text_ref = hash::text_ref(&text);
+    store.put_text(text_ref, &text);
+    store.put_name(id, source, &ext_id);
+    Ok(Parsed {
+        question: Question {
+            id,
+            source,
+            priority: spec.priority,
+            domain,
+            hash: hash::content_hash(&text),
+            text: text_ref,
+            tokens: hash::whitespace_tokens(&text),
+            chars: text.chars().count() as u32,
+            score: None,
+            difficulty: None,
+        },
+        ext_id,
+    })
+}
+
+/// The lines of a file's bytes, with 1-based line numbers; blank lines are skipped.
+pub fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+        .filter(|(_, l)| !l.iter().all(|b| b.is_ascii_whitespace()))
+}
+
+/// The files a path stands for: the file itself, or the `*.jsonl` files of a folder (sorted).
+pub fn list_files(path: &Path) -> Vec<PathBuf> {
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.is_file() && p.extension().is_some_and(|x| x == "jsonl" || x == "json")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+    } else if path.is_file() {
+        vec![path.to_path_buf()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Which worker owns a file.
+pub fn owner(path: &Path, peers: usize) -> usize {
+    (hash::hash64(path.to_string_lossy().as_bytes()) % peers as u64) as usize
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+    })
+}
+
+/// What one poll of a question source produced.
+#[derive(Default)]
+pub struct SourceDelta {
+    /// `(id, Some(question))` upserts and `(id, None)` tombstones.
+    pub upserts: Vec<(QuestionId, Option<Question>)>,
+    /// Rejections to add (+1) and retract (-1).
+    pub rejections: Vec<(Rejection, isize)>,
+    pub files_read: usize,
+    pub bytes_read: u64,
+}
+
+struct FileState {
+    fingerprint: Fingerprint,
+    content: u128,
+    ids: HashSet<QuestionId>,
+    rejections: Vec<Rejection>,
+}
+
+/// Tracks the files of one question source that this worker owns.
+pub struct FileTracker {
+    pub spec: SourceSpec,
+    pub source: SourceId,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl FileTracker {
+    pub fn new(spec: SourceSpec, store: &Store) -> Self {
+        let source = hash::source_id(&spec.name);
+        store.register_source(source, &spec.name);
+        FileTracker {
+            spec,
+            source,
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Reads new, rewritten and deleted files owned by `worker`; returns their upserts.
+    pub fn poll(&mut self, worker: usize, peers: usize, store: &Store) -> SourceDelta {
+        let mut delta = SourceDelta::default();
+        let present: Vec<PathBuf> = list_files(&self.spec.path)
+            .into_iter()
+            .filter(|p| owner(p, peers) == worker)
+            .collect();
+        // Deleted files: tombstones for their ids, their rejections retracted.
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            let state = self.files.remove(&path).expect("listed");
+            delta
+                .upserts
+                .extend(state.ids.into_iter().map(|id| (id, None)));
+            delta
+                .rejections
+                .extend(state.rejections.into_iter().map(|r| (r, -1)));
+        }
+        for path in present {
+            let Some(fp) = fingerprint(&path) else {
+                continue;
+            };
+            if self.files.get(&path).is_some_and(|s| s.fingerprint == fp) {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let content = hash::hash128(&bytes);
+            if let Some(state) = self.files.get_mut(&path) {
+                if state.content == content {
+                    state.fingerprint = fp;
+                    continue;
+                }
+            }
+            delta.files_read += 1;
+            delta.bytes_read += bytes.len() as u64;
+            let (ids, rejections, upserts) = self.read_file(&path, &bytes, store);
+            if let Some(old) = self.files.remove(&path) {
+                delta
+                    .upserts
+                    .extend(old.ids.difference(&ids).map(|id| (*id, None)));
+                delta
+                    .rejections
+                    .extend(old.rejections.into_iter().map(|r| (r, -1)));
+            }
+            delta.upserts.extend(upserts);
+            delta
+                .rejections
+                .extend(rejections.iter().cloned().map(|r| (r, 1)));
+            self.files.insert(
+                path,
+                FileState {
+                    fingerprint: fp,
+                    content,
+                    ids,
+                    rejections,
+                },
+            );
+        }
+        delta
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn read_file(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        store: &Store,
+    ) -> (
+        HashSet<QuestionId>,
+        Vec<Rejection>,
+        Vec<(QuestionId, Option<Question>)>,
+    ) {
+        // The last record of an id in a file wins.
+        let mut latest: HashMap<QuestionId, Question> = HashMap::new();
+        let mut order = Vec::new();
+        let mut rejections = Vec::new();
+        for (line, record) in lines(bytes) {
+            match parse_question(&self.spec, self.source, record, store) {
+                Ok(p) => {
+                    let id = p.question.id;
+                    if latest.insert(id, p.question).is_none() {
+                        order.push(id);
+                    }
+                }
+                Err(e) => rejections.push(Rejection {
+                    subject: Subject::Input {
+                        source: self.source,
+                        location: format!("{}:{line}", path.display()),
+                    },
+                    step: StepId::INGEST,
+                    reason: e.reason,
+                    detail: Detail::Text(e.message),
+                }),
+            }
+        }
+        let ids: HashSet<QuestionId> = order.iter().copied().collect();
+        let upserts = order
+            .into_iter()
+            .map(|id| {
+                let q = latest.remove(&id).expect("recorded");
+                (id, Some(q))
+            })
+            .collect();
+        (ids, rejections, upserts)
+    }
+}
+
+/// Tracks the files of one benchmark entry that this worker owns; emits item diffs.
+pub struct BenchmarkTracker {
+    pub spec: BenchmarkSpec,
+    files: BTreeMap<PathBuf, (Fingerprint, Vec<BenchItem>)>,
+}
+
+impl BenchmarkTracker {
+    pub fn new(spec: BenchmarkSpec) -> Self {
+        BenchmarkTracker {
+            spec,
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// The benchmark name of a file: the entry's name for a file, the file stem in a folder.
+    fn bench_name(&self, file: &Path) -> String {
+        if self.spec.path.is_dir() {
+            file.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| self.spec.name.clone())
+        } else {
+            self.spec.name.clone()
+        }
+    }
+
+    /// Item diffs for new, rewritten and deleted files owned by `worker`, and the problems
+    /// found in them (benchmark lines that cannot be read are reported, not fatal).
+    pub fn poll(&mut self, worker: usize, peers: usize) -> (Vec<(BenchItem, isize)>, Vec<String>) {
+        let mut diffs = Vec::new();
+        let mut problems = Vec::new();
+        let present: Vec<PathBuf> = list_files(&self.spec.path)
+            .into_iter()
+            .filter(|p| owner(p, peers) == worker)
+            .collect();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            let (_, items) = self.files.remove(&path).expect("listed");
+            diffs.extend(items.into_iter().map(|i| (i, -1)));
+        }
+        for path in present {
+            let Some(fp) = fingerprint(&path) else {
+                continue;
+            };
+            if self.files.get(&path).is_some_and(|(f, _)| *f == fp) {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let bench = self.bench_name(&path);
+            let mut by_id: BTreeMap<String, BenchItem> = BTreeMap::new();
+            for (line, record) in lines(&bytes) {
+                let parsed = parse_object(record, 64 << 20).and_then(|obj| {
+                    let item = field_string(&obj, &self.spec.fields.id)?;
+                    let text = field_string(&obj, &self.spec.fields.question)?;
+                    Ok((item, text))
+                });
+                match parsed {
+                    Ok((item, text)) if !text.trim().is_empty() => {
+                        by_id.insert(
+                            item.clone(),
+                            BenchItem {
+                                bench: bench.clone(),
+                                item,
+                                text,
+                            },
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => problems.push(format!("{}:{line}: {}", path.display(), e.message)),
+                }
+            }
+            let items: Vec<BenchItem> = by_id.into_values().collect();
+            let old = self.files.remove(&path).map(|(_, i)| i).unwrap_or_default();
+            let old_set: HashSet<&BenchItem> = old.iter().collect();
+            let new_set: HashSet<&BenchItem> = items.iter().collect();
+            diffs.extend(
+                old.iter()
+                    .filter(|i| !new_set.contains(i))
+                    .cloned()
+                    .map(|i| (i, -1)),
+            );
+            diffs.extend(
+                items
+                    .iter()
+                    .filter(|i| !old_set.contains(i))
+                    .cloned()
+                    .map(|i| (i, 1)),
+            );
+            self.files.insert(path, (fp, items));
+        }
+        (diffs, problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SourceSpec {
+        SourceSpec {
+            name: "s".into(),
+            path: PathBuf::from("/nonexistent"),
+            domain: Some(Domain::Math),
+            priority: 0,
+            fields: FieldMap {
+                question: "problem".into(),
+                ..FieldMap::default()
+            },
+            max_record_bytes: 1000,
+        }
+    }
+
+    fn reason(line: &[u8]) -> Reason {
+        let store = Store::new();
+        parse_question(&spec(), SourceId(1), line, &store)
+            .expect_err("should be rejected")
+            .reason
+    }
+
+    #[test]
+    fn bad_lines_get_reasons() {
+        assert_eq!(reason(b"{not json"), Reason::MalformedJson);
+        assert_eq!(reason(b"[1,2]"), Reason::MalformedJson);
+        assert_eq!(reason(br#"{"id": "1"}"#), Reason::MissingField);
+        assert_eq!(reason(br#"{"problem": "x"}"#), Reason::MissingField);
+        assert_eq!(
+            reason(br#"{"id": "1", "problem": "  "}"#),
+            Reason::EmptyText
+        );
+        assert_eq!(
+            reason(b"{\"id\": \"1\", \"problem\": \"\xff\"}"),
+            Reason::InvalidUtf8
+        );
+        assert_eq!(
+            reason(br#"{"id": "1", "problem": "x", "domain": "poetry"}"#),
+            Reason::UnknownDomain
+        );
+        assert_eq!(reason(&vec![b'x'; 2000]), Reason::TooLarge);
+    }
+
+    #[test]
+    fn good_line_is_stored() {
+        let store = Store::new();
+        let p = parse_question(
+            &spec(),
+            SourceId(1),
+            br#"{"id": 7, "problem": "What is  2+2?"}"#,
+            &store,
+        )
+        .unwrap();
+        assert_eq!(p.ext_id, "7");
+        assert_eq!(p.question.tokens, 2);
+        assert_eq!(&*store.text(p.question.text).unwrap(), "What is  2+2?");
+        assert_eq!(&*store.question_name(p.question.id), "7");
+    }
+}

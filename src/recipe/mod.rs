@@ -1,0 +1,765 @@
+//! Recipes: what to compute, as TOML data in `pipelines/`.
+//!
+//! A recipe names its question sources, its benchmarks, its teachers, and an ordered list of
+//! steps, each with an `id`. Where and how to run (output folder, workers, brokers, endpoints,
+//! keys) are flags and environment, never recipe keys.
+//!
+//! Reading a recipe has two phases: [`Recipe::load`] parses and validates everything (unknown
+//! keys, types, ranges, references between sections, files that must exist) and returns either
+//! a [`Recipe`] or *every* problem found ([`RecipeErrors`]), each naming the file, the key and
+//! the problem; rendering ([`crate::render`]) only ever sees a valid recipe.
+//!
+//! Relative paths are relative to the recipe file's folder. `pipelines/README.md` documents
+//! every key and its default.
+
+pub mod walk;
+
+use crate::recipe::walk::{suggest, Issues, Obj, RecipeErrors};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use thoughtflow_operators::record::Domain;
+use thoughtflow_operators::steps::decontam::{NgramConfig, NgramUnit};
+use thoughtflow_operators::steps::fanout::LookupBy;
+use thoughtflow_operators::steps::score::Heuristic;
+use thoughtflow_operators::steps::select::GroupBy;
+
+/// Which fields of an input record hold what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldMap {
+    pub id: String,
+    pub question: String,
+    pub domain: String,
+}
+
+impl Default for FieldMap {
+    fn default() -> Self {
+        FieldMap {
+            id: "id".into(),
+            question: "question".into(),
+            domain: "domain".into(),
+        }
+    }
+}
+
+/// A question source: a JSONL file, or a folder of them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceSpec {
+    pub name: String,
+    pub path: PathBuf,
+    /// Domain of records that carry none.
+    pub domain: Option<Domain>,
+    /// Dedup priority: lower wins. Default: the source's position in the recipe.
+    pub priority: u32,
+    pub fields: FieldMap,
+    /// Records longer than this (bytes) are rejected as `too_large`.
+    pub max_record_bytes: usize,
+}
+
+/// A benchmark: a JSONL file (one benchmark), or a folder (one benchmark per file, named by
+/// the file stem).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchmarkSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub fields: FieldMap,
+}
+
+/// Fields of a replay teacher's answer file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayFields {
+    pub id: String,
+    pub source: String,
+    pub question: String,
+    pub answer: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TeacherKind {
+    /// Deterministic text from the question hash and sample index.
+    Synthetic { answer_words: u32 },
+    /// Answers read from a JSONL file, keyed by question id or content hash.
+    Replay {
+        path: PathBuf,
+        key: LookupBy,
+        fields: ReplayFields,
+        /// Source name for lines keyed by id that name no source.
+        source: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TeacherSpec {
+    pub name: String,
+    pub kind: TeacherKind,
+    /// Domains this teacher answers; `None` = all.
+    pub domains: Option<Vec<Domain>>,
+    /// Samples per question, overriding the fanout step's `samples`.
+    pub samples: Option<u16>,
+}
+
+/// How many questions a selection keeps: a default, and per group name (domain or source).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Sizes {
+    pub default: Option<u64>,
+    pub per_name: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SelectSpec {
+    Threshold { min: Option<i64>, max: Option<i64> },
+    TopN { per: GroupBy, n: Sizes },
+    Sample { per: GroupBy, n: Sizes },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DedupMode {
+    Exact,
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepKind {
+    Decontaminate {
+        ngram: NgramConfig,
+        /// Benchmark names; `None` = all.
+        benchmarks: Option<Vec<String>>,
+    },
+    LengthGuard {
+        max_tokens: u32,
+    },
+    Score {
+        scorer: Heuristic,
+        as_difficulty: bool,
+    },
+    Select(SelectSpec),
+    Dedup {
+        mode: DedupMode,
+    },
+    Fanout {
+        teachers: Vec<String>,
+        samples: u16,
+    },
+    AnswerDedup,
+}
+
+impl StepKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            StepKind::Decontaminate { .. } => "decontaminate",
+            StepKind::LengthGuard { .. } => "length_guard",
+            StepKind::Score { .. } => "score",
+            StepKind::Select(_) => "select",
+            StepKind::Dedup { .. } => "dedup",
+            StepKind::Fanout { .. } => "fanout",
+            StepKind::AnswerDedup => "answer_dedup",
+        }
+    }
+
+    /// Row steps come after the fan-out; question steps before.
+    pub fn is_row_step(&self) -> bool {
+        matches!(self, StepKind::AnswerDedup)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepSpec {
+    pub id: String,
+    /// Domains the step applies to; the others bypass it. `None` = all.
+    pub domains: Option<Vec<Domain>>,
+    pub kind: StepKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkSpec {
+    /// Number of dataset shards (by question-id hash).
+    pub shards: u32,
+}
+
+/// A validated recipe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recipe {
+    pub file: PathBuf,
+    pub name: String,
+    pub description: String,
+    pub sources: Vec<SourceSpec>,
+    pub benchmarks: Vec<BenchmarkSpec>,
+    pub teachers: Vec<TeacherSpec>,
+    pub steps: Vec<StepSpec>,
+    pub sink: SinkSpec,
+}
+
+pub const STEP_TYPES: &[&str] = &[
+    "decontaminate",
+    "length_guard",
+    "score",
+    "select",
+    "dedup",
+    "fanout",
+    "answer_dedup",
+];
+
+/// Loading failed: the file could not be read, or the recipe has problems.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading recipe {file}: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(RecipeErrors),
+}
+
+impl Recipe {
+    /// Reads and validates a recipe file.
+    pub fn load(file: &Path) -> Result<Recipe, LoadError> {
+        let text = std::fs::read_to_string(file).map_err(|source| LoadError::Io {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Recipe::parse(file, &text).map_err(LoadError::Invalid)
+    }
+
+    /// Validates recipe text; `file` names it in messages and anchors relative paths.
+    pub fn parse(file: &Path, text: &str) -> Result<Recipe, RecipeErrors> {
+        let issues = Issues::default();
+        let table: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => {
+                let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+                issues.push(
+                    format!("line {line}, column {col}"),
+                    format!("not valid TOML: {}", e.message()),
+                );
+                return Err(issues.into_errors(file));
+            }
+        };
+        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let recipe = read_recipe(file, &dir, &table, &issues);
+        if issues.is_empty() {
+            Ok(recipe)
+        } else {
+            Err(issues.into_errors(file))
+        }
+    }
+
+    pub fn source(&self, name: &str) -> Option<&SourceSpec> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    pub fn teacher_index(&self, name: &str) -> Option<usize> {
+        self.teachers.iter().position(|t| t.name == name)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+fn read_recipe(file: &Path, dir: &Path, table: &toml::Table, issues: &Issues) -> Recipe {
+    let root = Obj::new("", table, issues);
+    let (name, description) = match root.opt_table("recipe") {
+        Some(r) => {
+            let name = r.opt_str("name");
+            let description = r.opt_str("description").unwrap_or_default();
+            r.finish();
+            (name, description)
+        }
+        None => (None, String::new()),
+    };
+    let name = name.unwrap_or_else(|| {
+        file.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "recipe".into())
+    });
+
+    let sources = read_sources(&root, dir);
+    let benchmarks = read_benchmarks(&root, dir);
+    let teachers = read_teachers(&root, dir);
+    let steps = read_steps(&root, &sources, &benchmarks, &teachers);
+    let sink = match root.opt_table("sink") {
+        Some(s) => {
+            let shards = s.opt_int("shards", 1, 4096).unwrap_or(4) as u32;
+            s.finish();
+            SinkSpec { shards }
+        }
+        None => SinkSpec { shards: 4 },
+    };
+    root.finish();
+    Recipe {
+        file: file.to_path_buf(),
+        name,
+        description,
+        sources,
+        benchmarks,
+        teachers,
+        steps,
+        sink,
+    }
+}
+
+fn read_fields(obj: &Obj, defaults: FieldMap) -> FieldMap {
+    let Some(f) = obj.opt_table("fields") else {
+        return defaults;
+    };
+    let pick = |key: &str, default: String| -> String {
+        match f.opt_str(key) {
+            Some(s) if s.is_empty() => {
+                f.issue(key, "field name must not be empty");
+                default
+            }
+            Some(s) => s,
+            None => default,
+        }
+    };
+    let out = FieldMap {
+        id: pick("id", defaults.id),
+        question: pick("question", defaults.question),
+        domain: pick("domain", defaults.domain),
+    };
+    f.finish();
+    out
+}
+
+/// A path relative to the recipe's folder, which must exist.
+fn existing_path(obj: &Obj, key: &str, dir: &Path) -> Option<PathBuf> {
+    let raw = obj.req_str(key)?;
+    let path = dir.join(&raw);
+    if path.exists() {
+        Some(path)
+    } else {
+        obj.issue(
+            key,
+            format!(
+                "{} does not exist (paths are relative to the recipe's folder {})",
+                path.display(),
+                dir.display()
+            ),
+        );
+        None
+    }
+}
+
+fn unique_name(obj: &Obj, seen: &mut BTreeSet<String>, what: &str) -> Option<String> {
+    let name = obj.req_str("name")?;
+    if !seen.insert(name.clone()) {
+        obj.issue("name", format!("{what} {name:?} is defined twice"));
+    }
+    Some(name)
+}
+
+fn read_sources(root: &Obj, dir: &Path) -> Vec<SourceSpec> {
+    let mut seen = BTreeSet::new();
+    let entries = root.tables("sources");
+    if entries.is_empty() {
+        root.issue("sources", "a recipe needs at least one [[sources]] entry");
+    }
+    let mut out = Vec::new();
+    for (i, s) in entries.iter().enumerate() {
+        let name = unique_name(s, &mut seen, "source");
+        let path = existing_path(s, "path", dir);
+        let domain = s.opt_str("domain").and_then(|d| {
+            let parsed = Domain::parse(&d);
+            if parsed.is_none() {
+                s.issue("domain", format!("{d:?} is not one of math, code, science"));
+            }
+            parsed
+        });
+        let priority = s
+            .opt_int("priority", 0, u32::MAX as i64)
+            .unwrap_or(i as i64) as u32;
+        let max_record_bytes =
+            s.opt_int("max_record_bytes", 1, 1 << 30).unwrap_or(1 << 20) as usize;
+        let fields = read_fields(s, FieldMap::default());
+        if let Some(format) = s.opt_str("format") {
+            if format != "jsonl" {
+                s.issue(
+                    "format",
+                    format!("{format:?} is not supported (supported: jsonl)"),
+                );
+            }
+        }
+        if let (Some(name), Some(path)) = (name, path) {
+            out.push(SourceSpec {
+                name,
+                path,
+                domain,
+                priority,
+                fields,
+                max_record_bytes,
+            });
+        }
+    }
+    for s in entries {
+        s.finish();
+    }
+    out
+}
+
+fn read_benchmarks(root: &Obj, dir: &Path) -> Vec<BenchmarkSpec> {
+    let mut seen = BTreeSet::new();
+    let entries = root.tables("benchmarks");
+    let mut out = Vec::new();
+    for b in &entries {
+        let name = unique_name(b, &mut seen, "benchmark");
+        let path = existing_path(b, "path", dir);
+        let fields = read_fields(b, FieldMap::default());
+        if let (Some(name), Some(path)) = (name, path) {
+            out.push(BenchmarkSpec { name, path, fields });
+        }
+    }
+    for b in entries {
+        b.finish();
+    }
+    out
+}
+
+fn read_teachers(root: &Obj, dir: &Path) -> Vec<TeacherSpec> {
+    let mut seen = BTreeSet::new();
+    let entries = root.tables("teachers");
+    let mut out = Vec::new();
+    for t in &entries {
+        let name = unique_name(t, &mut seen, "teacher");
+        let kind = match t.opt_choice("kind", &["synthetic", "replay"]).as_deref() {
+            Some("synthetic") => Some(TeacherKind::Synthetic {
+                answer_words: t.opt_int("answer_words", 1, 1_000_000).unwrap_or(300) as u32,
+            }),
+            Some("replay") => {
+                let path = existing_path(t, "path", dir);
+                let key = match t.opt_choice("key", &["id", "hash"]).as_deref() {
+                    Some("hash") => LookupBy::Hash,
+                    _ => LookupBy::Id,
+                };
+                let source = t.opt_str("source");
+                let fields = match t.opt_table("fields") {
+                    Some(f) => {
+                        let r = ReplayFields {
+                            id: f.opt_str("id").unwrap_or_else(|| "id".into()),
+                            source: f.opt_str("source").unwrap_or_else(|| "source".into()),
+                            question: f.opt_str("question").unwrap_or_else(|| "question".into()),
+                            answer: f.opt_str("answer").unwrap_or_else(|| "answer".into()),
+                        };
+                        f.finish();
+                        r
+                    }
+                    None => ReplayFields {
+                        id: "id".into(),
+                        source: "source".into(),
+                        question: "question".into(),
+                        answer: "answer".into(),
+                    },
+                };
+                path.map(|path| TeacherKind::Replay {
+                    path,
+                    key,
+                    fields,
+                    source,
+                })
+            }
+            _ => {
+                if !t.has("kind") {
+                    t.issue("kind", "missing (required): synthetic or replay");
+                }
+                None
+            }
+        };
+        let domains = read_domains(t);
+        let samples = t.opt_int("samples", 1, 1024).map(|n| n as u16);
+        if let (Some(name), Some(kind)) = (name, kind) {
+            out.push(TeacherSpec {
+                name,
+                kind,
+                domains,
+                samples,
+            });
+        }
+    }
+    for t in entries {
+        t.finish();
+    }
+    out
+}
+
+fn read_domains(obj: &Obj) -> Option<Vec<Domain>> {
+    let list = obj.opt_str_list("domains")?;
+    let mut out = Vec::new();
+    for d in list {
+        match Domain::parse(&d) {
+            Some(x) => out.push(x),
+            None => obj.issue(
+                "domains",
+                format!("{d:?} is not one of math, code, science"),
+            ),
+        }
+    }
+    Some(out)
+}
+
+fn read_sizes(obj: &Obj, per: GroupBy, sources: &[SourceSpec]) -> Sizes {
+    let mut sizes = Sizes::default();
+    match obj.raw("n") {
+        None => obj.issue(
+            "n",
+            "missing (required): a number, or a table of numbers per group",
+        ),
+        Some(toml::Value::Integer(n)) if *n >= 0 => sizes.default = Some(*n as u64),
+        Some(toml::Value::Table(t)) => {
+            let table = obj.nested("n", t);
+            for (k, v) in table.entries() {
+                let n = match v {
+                    toml::Value::Integer(n) if *n >= 0 => *n as u64,
+                    _ => {
+                        table.issue(k, "expected a non-negative integer");
+                        continue;
+                    }
+                };
+                if k == "default" {
+                    sizes.default = Some(n);
+                    continue;
+                }
+                let known: Vec<&str> = match per {
+                    GroupBy::Domain => vec!["math", "code", "science"],
+                    GroupBy::Source => sources.iter().map(|s| s.name.as_str()).collect(),
+                    GroupBy::All => vec![],
+                };
+                if !known.contains(&k.as_str()) {
+                    let what = match per {
+                        GroupBy::Domain => "domain",
+                        GroupBy::Source => "source",
+                        GroupBy::All => "group (per = \"all\" takes a single number)",
+                    };
+                    table.issue(
+                        k,
+                        format!("not a {what}{}", suggest(k, known.iter().copied())),
+                    );
+                }
+                sizes.per_name.insert(k.clone(), n);
+            }
+        }
+        Some(_) => obj.issue(
+            "n",
+            "expected a non-negative integer, or a table like { math = 100, code = 50 }",
+        ),
+    }
+    sizes
+}
+
+fn read_steps(
+    root: &Obj,
+    sources: &[SourceSpec],
+    benchmarks: &[BenchmarkSpec],
+    teachers: &[TeacherSpec],
+) -> Vec<StepSpec> {
+    let entries = root.tables("steps");
+    if entries.is_empty() {
+        root.issue("steps", "a recipe needs at least one [[steps]] entry");
+    }
+    let mut ids = BTreeSet::new();
+    let mut out = Vec::new();
+    let mut fanout_at: Option<usize> = None;
+    for (i, s) in entries.iter().enumerate() {
+        let id = s.req_str("id");
+        if let Some(id) = &id {
+            if !ids.insert(id.clone()) {
+                s.issue("id", format!("step id {id:?} is used twice"));
+            }
+        }
+        let domains = read_domains(s);
+        let kind = match s.opt_choice("type", STEP_TYPES).as_deref() {
+            Some("decontaminate") => {
+                let n = s.opt_int("ngram", 1, 1000).unwrap_or(13) as usize;
+                let unit = match s.opt_choice("unit", &["word", "char"]).as_deref() {
+                    Some("char") => NgramUnit::Char,
+                    _ => NgramUnit::Word,
+                };
+                let names = s.opt_str_list("benchmarks");
+                if let Some(names) = &names {
+                    for n in names {
+                        if !benchmarks.iter().any(|b| &b.name == n) {
+                            s.issue(
+                                "benchmarks",
+                                format!(
+                                    "no benchmark named {n:?}{}",
+                                    suggest(n, benchmarks.iter().map(|b| b.name.as_str()))
+                                ),
+                            );
+                        }
+                    }
+                }
+                if benchmarks.is_empty() {
+                    s.issue(
+                        "type",
+                        "decontaminate needs at least one [[benchmarks]] entry",
+                    );
+                }
+                Some(StepKind::Decontaminate {
+                    ngram: NgramConfig { n, unit },
+                    benchmarks: names,
+                })
+            }
+            Some("length_guard") => s
+                .opt_int("max_tokens", 1, u32::MAX as i64)
+                .or_else(|| {
+                    if !s.has("max_tokens") {
+                        s.issue("max_tokens", "missing (required)");
+                    }
+                    None
+                })
+                .map(|m| StepKind::LengthGuard {
+                    max_tokens: m as u32,
+                }),
+            Some("score") => {
+                let scorer = match s
+                    .opt_choice("scorer", &["length_chars", "length_tokens", "constant"])
+                    .as_deref()
+                {
+                    Some("length_chars") => Some(Heuristic::Chars),
+                    Some("length_tokens") => Some(Heuristic::Tokens),
+                    Some("constant") => Some(Heuristic::Constant(
+                        s.opt_int("value", i64::MIN, i64::MAX).unwrap_or(0),
+                    )),
+                    _ => {
+                        if !s.has("scorer") {
+                            s.issue(
+                                "scorer",
+                                "missing (required): length_chars, length_tokens or constant",
+                            );
+                        }
+                        None
+                    }
+                };
+                let as_difficulty = s.opt_bool("as_difficulty").unwrap_or(false);
+                scorer.map(|scorer| StepKind::Score {
+                    scorer,
+                    as_difficulty,
+                })
+            }
+            Some("select") => {
+                let per = match s.opt_choice("per", &["all", "source", "domain"]).as_deref() {
+                    Some("source") => GroupBy::Source,
+                    Some("domain") => GroupBy::Domain,
+                    _ => GroupBy::All,
+                };
+                match s
+                    .opt_choice("mode", &["threshold", "top_n", "sample"])
+                    .as_deref()
+                {
+                    Some("threshold") => {
+                        let min = s.opt_int("min", i64::MIN, i64::MAX);
+                        let max = s.opt_int("max", i64::MIN, i64::MAX);
+                        if min.is_none() && max.is_none() {
+                            s.issue("min", "threshold selection needs min, max or both");
+                        }
+                        Some(StepKind::Select(SelectSpec::Threshold { min, max }))
+                    }
+                    Some("top_n") => Some(StepKind::Select(SelectSpec::TopN {
+                        per,
+                        n: read_sizes(s, per, sources),
+                    })),
+                    Some("sample") => Some(StepKind::Select(SelectSpec::Sample {
+                        per,
+                        n: read_sizes(s, per, sources),
+                    })),
+                    _ => {
+                        if !s.has("mode") {
+                            s.issue("mode", "missing (required): threshold, top_n or sample");
+                        }
+                        None
+                    }
+                }
+            }
+            Some("dedup") => match s.opt_choice("mode", &["exact", "none"]).as_deref() {
+                Some("none") => Some(StepKind::Dedup {
+                    mode: DedupMode::None,
+                }),
+                _ => Some(StepKind::Dedup {
+                    mode: DedupMode::Exact,
+                }),
+            },
+            Some("fanout") => {
+                let names = s
+                    .opt_str_list("teachers")
+                    .or_else(|| s.opt_str("teacher").map(|t| vec![t]));
+                let names = names.unwrap_or_else(|| {
+                    s.issue(
+                        "teacher",
+                        "missing (required): the name of a [[teachers]] entry",
+                    );
+                    Vec::new()
+                });
+                for n in &names {
+                    if !teachers.iter().any(|t| &t.name == n) {
+                        s.issue(
+                            "teacher",
+                            format!(
+                                "no teacher named {n:?}{}",
+                                suggest(n, teachers.iter().map(|t| t.name.as_str()))
+                            ),
+                        );
+                    }
+                }
+                let samples = s.opt_int("samples", 1, 1024).unwrap_or(1) as u16;
+                if let Some(prev) = fanout_at {
+                    s.issue(
+                        "type",
+                        format!("only one fanout step is allowed (steps[{prev}] is one)"),
+                    );
+                }
+                fanout_at = Some(i);
+                Some(StepKind::Fanout {
+                    teachers: names,
+                    samples,
+                })
+            }
+            Some("answer_dedup") => {
+                if fanout_at.is_none() {
+                    s.issue(
+                        "type",
+                        "answer_dedup works on answers: put it after the fanout step",
+                    );
+                }
+                Some(StepKind::AnswerDedup)
+            }
+            _ => {
+                if !s.has("type") {
+                    s.issue(
+                        "type",
+                        format!("missing (required): one of {}", STEP_TYPES.join(", ")),
+                    );
+                }
+                None
+            }
+        };
+        if let Some(kind) = &kind {
+            if fanout_at.is_some_and(|f| f < i) && !kind.is_row_step() {
+                s.issue(
+                    "type",
+                    format!(
+                        "{} works on questions: put it before the fanout step",
+                        kind.type_name()
+                    ),
+                );
+            }
+            if domains.is_some() && (kind.is_row_step() || matches!(kind, StepKind::Fanout { .. }))
+            {
+                s.issue(
+                    "domains",
+                    format!(
+                        "{} applies to every domain: remove `domains`",
+                        kind.type_name()
+                    ),
+                );
+            }
+        }
+        if let (Some(id), Some(kind)) = (id, kind) {
+            out.push(StepSpec { id, domains, kind });
+        }
+    }
+    for s in entries {
+        s.finish();
+    }
+    out
+}

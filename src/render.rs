@@ -1,0 +1,438 @@
+//! Rendering: a validated recipe becomes one timely worker's dataflow.
+//!
+//! ```text
+//!  question upserts --arrange_from_upsert(qid)--> questions
+//!      step 0 .. step k (each: passed + rejected, scoped to its domains)
+//!      fanout (teachers x samples) --> rows --> row steps --> DatasetShards sink
+//!  benchmark items ----------------------------------> decontaminate steps
+//!  replay answers -----------------------------------> fanout (keyed teachers)
+//!  ingest rejections + every step's rejections --------> rejections sink (worker 0)
+//!  contamination matches -------------------------------> contamination sink (worker 0)
+//!  counts (in/out/rejected/work per step, rows) -------> stats (worker 0)
+//! ```
+//!
+//! Every sink's output stream feeds one probe: when it passes an epoch, every worker has
+//! written that epoch.
+
+use crate::recipe::{DedupMode, Recipe, SelectSpec, Sizes, StepKind, TeacherKind};
+use crate::sink::{AuditTable, DatasetShards, Naming, OutDirs};
+use crate::stats::{tally, StatKey, StatsState};
+use crate::store::Store;
+use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use differential_dataflow::VecCollection;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use thoughtflow_operators::epoch::epoch_unary;
+use thoughtflow_operators::hash;
+use thoughtflow_operators::record::*;
+use thoughtflow_operators::steps::fanout::{self, Answers, LookupKey};
+use thoughtflow_operators::steps::select::{GroupBy, GroupKey, GroupSizes, Selection};
+use thoughtflow_operators::steps::{
+    answer_dedup, decontam, dedup, length, scoped, score, select, StepOutput,
+};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::vec::Input as TimelyInput;
+use timely::dataflow::{InputHandleVec, ProbeHandle};
+use timely::worker::Worker;
+
+/// A question upsert: `(id, Some(question))` or a tombstone `(id, None)`, at an epoch.
+pub type Upsert = (QuestionId, Option<Question>, Epoch);
+
+/// One worker's handles into its dataflow.
+pub struct Handles {
+    pub questions: InputHandleVec<Epoch, Upsert>,
+    pub benchmarks: InputSession<Epoch, BenchItem, isize>,
+    pub ingest_rejections: InputSession<Epoch, Rejection, isize>,
+    /// Per teacher: its answer input, for keyed (replay) teachers.
+    pub answers: Vec<Option<InputSession<Epoch, ((LookupKey, u16), Answer), isize>>>,
+    pub ingest_work: InputSession<Epoch, StatKey, isize>,
+    pub probe: ProbeHandle<Epoch>,
+    /// Worker 0 only: the accumulated counts.
+    pub stats: Option<Rc<RefCell<StatsState>>>,
+    /// Errors raised inside sinks (I/O), for the driver to report.
+    pub sink_errors: Rc<RefCell<Vec<String>>>,
+}
+
+impl Handles {
+    pub fn advance_to(&mut self, epoch: Epoch) {
+        self.questions.advance_to(epoch);
+        self.benchmarks.advance_to(epoch);
+        self.ingest_rejections.advance_to(epoch);
+        self.ingest_work.advance_to(epoch);
+        for a in self.answers.iter_mut().flatten() {
+            a.advance_to(epoch);
+        }
+        self.questions.flush();
+        self.benchmarks.flush();
+        self.ingest_rejections.flush();
+        self.ingest_work.flush();
+        for a in self.answers.iter_mut().flatten() {
+            a.flush();
+        }
+    }
+}
+
+/// Resolves per-group sizes named in the recipe to group keys.
+fn group_sizes(per: GroupBy, sizes: &Sizes) -> GroupSizes {
+    let mut out = GroupSizes {
+        default: sizes.default,
+        per_group: BTreeMap::new(),
+    };
+    for (name, n) in &sizes.per_name {
+        let key = match per {
+            GroupBy::Domain => Domain::parse(name).map(GroupKey::Domain),
+            GroupBy::Source => Some(GroupKey::Source(hash::source_id(name))),
+            GroupBy::All => Some(GroupKey::All),
+        };
+        if let Some(k) = key {
+            out.per_group.insert(k, *n);
+        }
+    }
+    out
+}
+
+pub fn selection(spec: &SelectSpec) -> Selection {
+    match spec {
+        SelectSpec::Threshold { min, max } => Selection::Threshold {
+            min: *min,
+            max: *max,
+        },
+        SelectSpec::TopN { per, n } => Selection::TopN {
+            per: *per,
+            n: group_sizes(*per, n),
+        },
+        SelectSpec::Sample { per, n } => Selection::Sample {
+            per: *per,
+            n: group_sizes(*per, n),
+        },
+    }
+}
+
+/// Builds the recipe's dataflow on `worker`.
+pub fn build(
+    worker: &mut Worker,
+    recipe: &Arc<Recipe>,
+    store: &Arc<Store>,
+    dirs: &OutDirs,
+) -> Handles {
+    let index = worker.index();
+    let peers = worker.peers();
+    let recipe = Arc::clone(recipe);
+    let store = Arc::clone(store);
+    let dirs = dirs.clone();
+    worker.dataflow::<Epoch, _, _>(move |scope| {
+        let mut probe = ProbeHandle::new();
+        let sink_errors: Rc<RefCell<Vec<String>>> = Rc::new(RefCell::new(Vec::new()));
+        let naming = Naming {
+            store: Arc::clone(&store),
+            teachers: Arc::new(recipe.teachers.iter().map(|t| t.name.clone()).collect()),
+            steps: Arc::new(recipe.steps.iter().map(|s| s.id.clone()).collect()),
+        };
+
+        // Inputs.
+        let (q_handle, q_stream) = scope.new_input::<Upsert>();
+        let questions = arrange_from_upsert::<
+            ValBuilder<QuestionId, Question, Epoch, isize>,
+            ValSpine<QuestionId, Question, Epoch, isize>,
+            QuestionId,
+            Question,
+        >(q_stream, "QuestionUpserts")
+        .as_collection(|k, v| (*k, v.clone()));
+        let (b_handle, benchmarks) = scope.new_collection::<BenchItem, isize>();
+        let (r_handle, ingest_rejections) = scope.new_collection::<Rejection, isize>();
+        let (w_handle, ingest_work) = scope.new_collection::<StatKey, isize>();
+        let mut answer_handles = Vec::new();
+        let mut answer_collections = Vec::new();
+        for t in &recipe.teachers {
+            match t.kind {
+                TeacherKind::Replay { .. } => {
+                    let (h, c) = scope.new_collection::<((LookupKey, u16), Answer), isize>();
+                    answer_handles.push(Some(h));
+                    answer_collections.push(Some(c));
+                }
+                TeacherKind::Synthetic { .. } => {
+                    answer_handles.push(None);
+                    answer_collections.push(None);
+                }
+            }
+        }
+
+        let mut stats = vec![
+            ingest_work,
+            tally(
+                questions.clone(),
+                false,
+                |(_, q): &(QuestionId, Question)| Some(StatKey::Ingested(q.source, q.domain)),
+            ),
+            tally(ingest_rejections.clone(), false, |r: &Rejection| {
+                match &r.subject {
+                    Subject::Input { source, .. } => {
+                        Some(StatKey::IngestRejected(*source, r.reason))
+                    }
+                    _ => None,
+                }
+            }),
+        ];
+        let mut rejections = vec![ingest_rejections];
+        let mut matches_all = Vec::new();
+
+        // Question steps, then the fan-out, then row steps.
+        let mut current = questions;
+        let mut rows: Option<VecCollection<'_, Epoch, (RowKey, Row)>> = None;
+        for (i, step) in recipe.steps.iter().enumerate() {
+            let sid = StepId(i as u16);
+            let i16 = i as u16;
+            if let Some(r) = rows.clone() {
+                // A row step.
+                stats.push(tally(r.clone(), false, move |_| Some(StatKey::StepIn(i16))));
+                stats.push(tally(r.clone(), true, move |_| Some(StatKey::Work(i16))));
+                let out = match &step.kind {
+                    StepKind::AnswerDedup => answer_dedup::answer_dedup(sid, r),
+                    other => unreachable!("validated: {} is not a row step", other.type_name()),
+                };
+                stats.push(tally(out.passed.clone(), false, move |_| {
+                    Some(StatKey::StepOut(i16))
+                }));
+                stats.push(tally(out.rejected.clone(), false, move |r: &Rejection| {
+                    Some(StatKey::Rejected(i16, r.reason))
+                }));
+                rejections.push(out.rejected);
+                rows = Some(out.passed);
+                continue;
+            }
+            stats.push(tally(current.clone(), false, move |_| {
+                Some(StatKey::StepIn(i16))
+            }));
+            stats.push(tally(current.clone(), true, move |_| {
+                Some(StatKey::Work(i16))
+            }));
+            if let StepKind::Fanout { teachers, samples } = &step.kind {
+                let mut all_rows = Vec::new();
+                // Questions of a domain no teacher answers are rejected, not dropped.
+                let covered: Vec<Domain> = Domain::ALL
+                    .into_iter()
+                    .filter(|d| {
+                        teachers.iter().any(|n| {
+                            let t = &recipe.teachers[recipe.teacher_index(n).expect("validated")];
+                            t.domains.as_ref().is_none_or(|ds| ds.contains(d))
+                        })
+                    })
+                    .collect();
+                if covered.len() < Domain::ALL.len() {
+                    let c = covered.clone();
+                    let uncovered = current
+                        .clone()
+                        .filter(move |(_, q)| !c.contains(&q.domain))
+                        .map(move |(id, q)| Rejection {
+                            subject: Subject::Question(id),
+                            step: sid,
+                            reason: Reason::NoAnswer,
+                            detail: Detail::Text(format!(
+                                "no teacher of this step answers {} questions",
+                                q.domain
+                            )),
+                        });
+                    rejections.push(uncovered.clone());
+                    stats.push(tally(uncovered, false, move |r: &Rejection| {
+                        Some(StatKey::Rejected(i16, r.reason))
+                    }));
+                }
+                for name in teachers {
+                    let t = recipe.teacher_index(name).expect("validated teacher");
+                    let spec = &recipe.teachers[t];
+                    let samples = spec.samples.unwrap_or(*samples);
+                    let questions = match spec.domains.clone() {
+                        Some(ds) => current.clone().filter(move |(_, q)| ds.contains(&q.domain)),
+                        None => current.clone(),
+                    };
+                    let answers = match &recipe.teachers[t].kind {
+                        TeacherKind::Synthetic { answer_words } => Answers::Synthetic {
+                            words: *answer_words,
+                        },
+                        TeacherKind::Replay { key, .. } => Answers::Keyed {
+                            by: *key,
+                            answers: answer_collections[t].clone().expect("replay input"),
+                        },
+                    };
+                    let out = fanout::fanout(sid, questions, TeacherId(t as u16), samples, answers);
+                    rejections.push(out.rejected.clone());
+                    stats.push(tally(out.rejected, false, move |r: &Rejection| {
+                        Some(StatKey::Rejected(i16, r.reason))
+                    }));
+                    all_rows.push(out.passed);
+                }
+                let r = differential_dataflow::collection::concatenate(scope, all_rows);
+                stats.push(tally(r.clone(), false, move |_| {
+                    Some(StatKey::StepOut(i16))
+                }));
+                rows = Some(r);
+                continue;
+            }
+            let out: StepOutput = scoped(current, step.domains.clone(), |q| match &step.kind {
+                StepKind::Decontaminate {
+                    ngram,
+                    benchmarks: names,
+                } => {
+                    let items = match names.clone() {
+                        None => benchmarks.clone(),
+                        Some(names) => benchmarks.clone().filter(move |b| {
+                            names
+                                .iter()
+                                .any(|n| b.bench == *n || b.bench.starts_with(&format!("{n}/")))
+                        }),
+                    };
+                    let texts: Arc<dyn thoughtflow_operators::text::TextLookup> =
+                        store.texts.clone();
+                    let m = decontam::ngram_matches(q.clone(), items, ngram.clone(), texts);
+                    matches_all.push(m.clone());
+                    decontam::apply_matches(sid, q, m)
+                }
+                StepKind::LengthGuard { max_tokens } => length::length_guard(sid, q, *max_tokens),
+                StepKind::Score {
+                    scorer,
+                    as_difficulty,
+                } => StepOutput {
+                    passed: score::score_heuristic(q, *scorer, *as_difficulty),
+                    rejected: differential_dataflow::collection::concatenate(
+                        scope,
+                        std::iter::empty(),
+                    ),
+                },
+                StepKind::Select(spec) => select::select(sid, q, selection(spec)),
+                StepKind::Dedup { mode } => match mode {
+                    DedupMode::Exact => dedup::dedup_exact(sid, q),
+                    DedupMode::None => StepOutput {
+                        passed: q,
+                        rejected: differential_dataflow::collection::concatenate(
+                            scope,
+                            std::iter::empty(),
+                        ),
+                    },
+                },
+                StepKind::Fanout { .. } | StepKind::AnswerDedup => unreachable!("handled above"),
+            });
+            stats.push(tally(out.passed.clone(), false, move |_| {
+                Some(StatKey::StepOut(i16))
+            }));
+            stats.push(tally(out.rejected.clone(), false, move |r: &Rejection| {
+                Some(StatKey::Rejected(i16, r.reason))
+            }));
+            rejections.push(out.rejected);
+            current = out.passed;
+        }
+
+        // Without a fan-out, each question is one row with no answer.
+        let rows = rows.unwrap_or_else(|| {
+            current.map(|(id, q)| {
+                let key = RowKey {
+                    question: id,
+                    teacher: TeacherId(0),
+                    sample: 0,
+                };
+                (
+                    key,
+                    Row {
+                        key,
+                        question: q,
+                        answer: Answer {
+                            hash: ContentHash(0),
+                            text: AnswerText::None,
+                        },
+                    },
+                )
+            })
+        });
+
+        // Dataset sink: rows go to the worker that owns their shard.
+        let shards = recipe.sink.shards;
+        let mut dataset = DatasetShards::new(dirs.clone(), naming.clone(), shards, index, peers);
+        let errors = Rc::clone(&sink_errors);
+        let dataset_stats = epoch_unary(
+            rows,
+            Exchange::new(move |u: &((RowKey, Row), Epoch, isize)| {
+                crate::sink::shard_of((u.0).0.question, shards) as u64
+            }),
+            "DatasetSink",
+            move |epoch, updates, out: &mut Vec<(StatKey, isize)>| {
+                if let Err(e) = dataset.epoch(epoch, shards, updates, out) {
+                    errors
+                        .borrow_mut()
+                        .push(format!("writing dataset shards: {e}"));
+                }
+            },
+        );
+        stats.push(dataset_stats);
+
+        // Audit sinks on worker 0.
+        let all_rejections = differential_dataflow::collection::concatenate(scope, rejections);
+        let mut table = AuditTable::new(dirs.rejections());
+        let n2 = naming.clone();
+        let errors = Rc::clone(&sink_errors);
+        epoch_unary(
+            all_rejections,
+            Exchange::new(|_: &(Rejection, Epoch, isize)| 0),
+            "RejectionSink",
+            move |_epoch, updates, _out: &mut Vec<((), isize)>| {
+                if let Err(e) = table.epoch(
+                    updates,
+                    |r| n2.step_name(r.step),
+                    |r| n2.render_rejection(r),
+                ) {
+                    errors.borrow_mut().push(format!("writing rejections: {e}"));
+                }
+            },
+        )
+        .probe_with(&mut probe);
+
+        let all_matches = differential_dataflow::collection::concatenate(scope, matches_all);
+        stats.push(tally(all_matches.clone(), false, |m: &Match| {
+            Some(StatKey::Matches(m.bench.clone()))
+        }));
+        let mut table = AuditTable::new(dirs.contamination());
+        let n3 = naming.clone();
+        let errors = Rc::clone(&sink_errors);
+        epoch_unary(
+            all_matches,
+            Exchange::new(|_: &(Match, Epoch, isize)| 0),
+            "ContaminationSink",
+            move |_epoch, updates, _out: &mut Vec<((), isize)>| {
+                if let Err(e) =
+                    table.epoch(updates, |_| "matches".to_string(), |m| n3.render_match(m))
+                {
+                    errors
+                        .borrow_mut()
+                        .push(format!("writing contamination matches: {e}"));
+                }
+            },
+        )
+        .probe_with(&mut probe);
+
+        // Stats on worker 0.
+        let state = Rc::new(RefCell::new(StatsState::default()));
+        let s2 = Rc::clone(&state);
+        epoch_unary(
+            differential_dataflow::collection::concatenate(scope, stats),
+            Exchange::new(|_: &(StatKey, Epoch, isize)| 0),
+            "Stats",
+            move |epoch, updates, _out: &mut Vec<((), isize)>| {
+                s2.borrow_mut().apply(epoch, updates)
+            },
+        )
+        .probe_with(&mut probe);
+
+        Handles {
+            questions: q_handle,
+            benchmarks: b_handle,
+            ingest_rejections: r_handle,
+            answers: answer_handles,
+            ingest_work: w_handle,
+            probe,
+            stats: (index == 0).then_some(state),
+            sink_errors,
+        }
+    })
+}

@@ -1,0 +1,200 @@
+//! The runtime: timely workers driving the recipe's dataflow, one epoch per poll of the inputs.
+//!
+//! Each worker owns a share of the input files (by path hash) and, every epoch, reads the ones
+//! that are new, rewritten or deleted, feeds their upserts and rejections into the dataflow,
+//! advances to the next epoch, and steps until the probe says every worker has published it.
+//! Then worker 0 joins the epoch's change fragments and writes `stats.json`. Without
+//! `--follow` a run is one epoch (everything present at start); with it, the loop polls again
+//! after `--poll-ms` until it is asked to stop (Ctrl-C / SIGTERM), finishing the epoch in hand.
+
+use crate::ingest::{BenchmarkTracker, FileTracker};
+use crate::recipe::{Recipe, TeacherKind};
+use crate::render;
+use crate::sink::{publish_changes, write_atomic, OutDirs};
+use crate::stats::{self, StatKey, StatsContext};
+use crate::store::Store;
+use anyhow::{anyhow, Context, Result};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thoughtflow_operators::record::{Answer, Epoch};
+use thoughtflow_operators::steps::fanout::LookupKey;
+
+/// How and where to run (flags, never recipe keys).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub workers: usize,
+    pub follow: bool,
+    pub poll: Duration,
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub epochs: u64,
+    pub stats: serde_json::Value,
+    pub elapsed: Duration,
+}
+
+type ReplayAnswers = Vec<Option<Vec<((LookupKey, u16), Answer)>>>;
+
+/// Runs `recipe` until its inputs are consumed (or, with `follow`, until `stop` is set).
+pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<RunSummary> {
+    let started = Instant::now();
+    let dirs = OutDirs {
+        root: opts.out.clone(),
+    };
+    dirs.prepare_fresh()
+        .with_context(|| format!("preparing output folder {}", dirs.root.display()))?;
+    let store = Store::new();
+    let replay: ReplayAnswers = recipe
+        .teachers
+        .iter()
+        .map(|t| match t.kind {
+            TeacherKind::Replay { .. } => crate::teachers::load_replay(t, &store).map(Some),
+            TeacherKind::Synthetic { .. } => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+    let replay = Arc::new(replay);
+    let recipe = Arc::new(recipe);
+    let workers = opts.workers.max(1);
+    tracing::info!(recipe = %recipe.name, workers, follow = opts.follow, out = %dirs.root.display(), "starting run");
+
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        drive(worker, &recipe, &store, &dirs, &opts, &replay, &stop)
+    })
+    .map_err(|e| anyhow!("starting timely workers: {e}"))?;
+    let mut summary = None;
+    for result in guards.join() {
+        match result {
+            Ok(Ok(Some(s))) => summary = Some(s),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return Err(anyhow!(e)),
+            Err(e) => return Err(anyhow!("a worker failed: {e}")),
+        }
+    }
+    let (epochs, stats) = summary.ok_or_else(|| anyhow!("worker 0 reported nothing"))?;
+    Ok(RunSummary {
+        epochs,
+        stats,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn drive(
+    worker: &mut timely::worker::Worker,
+    recipe: &Arc<Recipe>,
+    store: &Arc<Store>,
+    dirs: &OutDirs,
+    opts: &RunOptions,
+    replay: &Arc<ReplayAnswers>,
+    stop: &Arc<AtomicBool>,
+) -> std::result::Result<Option<(u64, serde_json::Value)>, String> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let mut handles = render::build(worker, recipe, store, dirs);
+    let mut sources: Vec<FileTracker> = recipe
+        .sources
+        .iter()
+        .map(|s| FileTracker::new(s.clone(), store))
+        .collect();
+    let mut benchmarks: Vec<BenchmarkTracker> = recipe
+        .benchmarks
+        .iter()
+        .map(|b| BenchmarkTracker::new(b.clone()))
+        .collect();
+    if index == 0 {
+        for (t, answers) in replay.iter().enumerate() {
+            if let (Some(answers), Some(input)) = (answers, handles.answers[t].as_mut()) {
+                for a in answers {
+                    input.insert(a.clone());
+                }
+            }
+        }
+    }
+    let step_names: Vec<(String, String)> = recipe
+        .steps
+        .iter()
+        .map(|s| (s.id.clone(), s.kind.type_name().to_string()))
+        .collect();
+
+    let mut epoch: Epoch = 0;
+    let mut last_stats = serde_json::Value::Null;
+    loop {
+        let epoch_started = Instant::now();
+        let mut work = 0isize;
+        for b in &mut benchmarks {
+            let (diffs, problems) = b.poll(index, peers);
+            for p in problems {
+                tracing::warn!(benchmark = %b.spec.name, "skipping unreadable benchmark line: {p}");
+            }
+            work += diffs.len() as isize;
+            for (item, d) in diffs {
+                handles.benchmarks.update(item, d);
+            }
+        }
+        for s in &mut sources {
+            let delta = s.poll(index, peers, store);
+            work += (delta.upserts.len() + delta.rejections.len()) as isize;
+            if delta.files_read > 0 {
+                tracing::debug!(source = %s.spec.name, files = delta.files_read, bytes = delta.bytes_read, upserts = delta.upserts.len(), "read source files");
+            }
+            for (id, q) in delta.upserts {
+                handles.questions.send((id, q, epoch));
+            }
+            for (r, d) in delta.rejections {
+                handles.ingest_rejections.update(r, d);
+            }
+        }
+        if work > 0 {
+            handles.ingest_work.update(StatKey::IngestWork, work);
+        }
+        let done = epoch;
+        epoch += 1;
+        handles.advance_to(epoch);
+        while handles.probe.less_than(&epoch) {
+            worker.step();
+        }
+        if let Some(e) = handles.sink_errors.borrow().first() {
+            return Err(e.clone());
+        }
+        if let Some(state) = &handles.stats {
+            let changed =
+                publish_changes(dirs, done).map_err(|e| format!("publishing changes: {e}"))?;
+            let state = state.borrow();
+            let source_name = |s| store.source_name(s).to_string();
+            let ctx = StatsContext {
+                recipe: &recipe.name,
+                steps: &step_names,
+                source_name: &source_name,
+                epoch: done,
+                epochs_run: epoch,
+            };
+            last_stats = stats::render(&state, &ctx);
+            let text = serde_json::to_vec_pretty(&last_stats).expect("json");
+            write_atomic(&dirs.stats(), &text).map_err(|e| format!("writing stats.json: {e}"))?;
+            if changed || done == 0 {
+                tracing::info!(
+                    epoch = done,
+                    rows = last_stats["dataset"]["rows"].as_i64().unwrap_or(0),
+                    upserts = state.last(&StatKey::ChangeUpserts),
+                    deletes = state.last(&StatKey::ChangeDeletes),
+                    ms = epoch_started.elapsed().as_millis() as u64,
+                    "epoch published"
+                );
+            }
+        }
+        if !opts.follow || stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let wake = Instant::now() + opts.poll;
+        while Instant::now() < wake && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20).min(opts.poll));
+        }
+    }
+    drop(handles);
+    while worker.step_or_park(Some(Duration::from_millis(10))) {}
+    Ok((index == 0).then_some((epoch, last_stats)))
+}

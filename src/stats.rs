@@ -1,0 +1,240 @@
+//! Exact counts of what every step took in, let through and rejected, and the work it did.
+//!
+//! Counts are computed from the collections themselves (sums of diffs), so they stay exact
+//! under retraction: a question that is retracted leaves every count it was in. Each worker
+//! pre-aggregates per batch ([`tally`]), and worker 0 accumulates ([`StatsState`]) and writes
+//! `stats.json` after each epoch. "Work" counts the updates a step processed in an epoch,
+//! which shows that a refresh processed only its delta.
+
+use differential_dataflow::{AsCollection, VecCollection};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use thoughtflow_operators::record::{Domain, Epoch, Reason, SourceId};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+/// What a count is of.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum StatKey {
+    /// Live questions per source and domain (after ingest).
+    Ingested(SourceId, Domain),
+    /// Live ingest rejections per source and reason.
+    IngestRejected(SourceId, Reason),
+    StepIn(u16),
+    StepOut(u16),
+    Rejected(u16, Reason),
+    /// Updates a step processed (each update counts one, insert or retract).
+    Work(u16),
+    /// Updates ingest produced.
+    IngestWork,
+    /// Live dataset rows per source and domain.
+    Rows(SourceId, Domain),
+    /// Live contamination matches per benchmark.
+    Matches(String),
+    /// Distinct questions with at least one dataset row.
+    DatasetQuestions,
+    /// Dataset changes published (counted per epoch).
+    ChangeUpserts,
+    ChangeDeletes,
+}
+
+impl StatKey {
+    /// Work counters accumulate events; the others are sizes of live collections.
+    pub fn is_work(&self) -> bool {
+        matches!(
+            self,
+            StatKey::Work(_)
+                | StatKey::IngestWork
+                | StatKey::ChangeUpserts
+                | StatKey::ChangeDeletes
+        )
+    }
+}
+
+/// Pre-aggregates a collection into counts: `key(d)` is counted with `d`'s diff (or with 1 per
+/// update when `work` is set). One output update per key, time and batch.
+pub fn tally<'s, D, F>(
+    input: VecCollection<'s, Epoch, D>,
+    work: bool,
+    key: F,
+) -> VecCollection<'s, Epoch, StatKey>
+where
+    D: Clone + 'static,
+    F: Fn(&D) -> Option<StatKey> + 'static,
+{
+    input
+        .inner
+        .unary(Pipeline, "Tally", move |_, _| {
+            let mut agg: HashMap<(StatKey, Epoch), isize> = HashMap::new();
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    for (d, t, r) in data.drain(..) {
+                        if let Some(k) = key(&d) {
+                            *agg.entry((k, t)).or_insert(0) += if work { 1 } else { r };
+                        }
+                    }
+                    let mut session = output.session(&cap);
+                    for ((k, t), r) in agg.drain() {
+                        if r != 0 {
+                            session.give((k, t, r));
+                        }
+                    }
+                });
+            }
+        })
+        .as_collection()
+}
+
+/// Accumulated counts (worker 0).
+#[derive(Default, Debug)]
+pub struct StatsState {
+    pub totals: BTreeMap<StatKey, i64>,
+    /// The counts' changes in the latest epoch that changed anything.
+    pub last_epoch: BTreeMap<StatKey, i64>,
+    pub last_changed_epoch: Option<Epoch>,
+}
+
+impl StatsState {
+    pub fn apply(&mut self, epoch: Epoch, updates: Vec<(StatKey, isize)>) {
+        if self.last_changed_epoch != Some(epoch) {
+            self.last_epoch.clear();
+            self.last_changed_epoch = Some(epoch);
+        }
+        for (k, r) in updates {
+            *self.last_epoch.entry(k.clone()).or_insert(0) += r as i64;
+            let t = self.totals.entry(k.clone()).or_insert(0);
+            *t += r as i64;
+            if *t == 0 && !k.is_work() {
+                self.totals.remove(&k);
+            }
+        }
+    }
+
+    pub fn total(&self, k: &StatKey) -> i64 {
+        self.totals.get(k).copied().unwrap_or(0)
+    }
+
+    pub fn last(&self, k: &StatKey) -> i64 {
+        self.last_epoch.get(k).copied().unwrap_or(0)
+    }
+}
+
+/// What `stats.json` needs besides the counts.
+pub struct StatsContext<'a> {
+    pub recipe: &'a str,
+    pub steps: &'a [(String, String)],
+    pub source_name: &'a dyn Fn(SourceId) -> String,
+    pub epoch: Epoch,
+    pub epochs_run: u64,
+}
+
+fn add(map: &mut Map<String, Value>, path: &[&str], value: i64) {
+    let mut cur = map;
+    for (i, key) in path.iter().enumerate() {
+        if i + 1 == path.len() {
+            let slot = cur.entry(key.to_string()).or_insert(json!(0));
+            *slot = json!(slot.as_i64().unwrap_or(0) + value);
+        } else {
+            cur = cur
+                .entry(key.to_string())
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .expect("object");
+        }
+    }
+}
+
+/// Renders `stats.json`.
+pub fn render(state: &StatsState, ctx: &StatsContext) -> Value {
+    let mut sources = Map::new();
+    let mut domains = Map::new();
+    let mut dataset_by_source = Map::new();
+    let mut dataset_by_domain = Map::new();
+    let mut contamination = Map::new();
+    let mut ingest_rejected = Map::new();
+    let mut rows = 0i64;
+    for (k, v) in &state.totals {
+        match k {
+            StatKey::Ingested(s, d) => {
+                let name = (ctx.source_name)(*s);
+                add(&mut sources, &[&name, "questions"], *v);
+                add(&mut domains, &[d.as_str(), "questions"], *v);
+            }
+            StatKey::IngestRejected(s, r) => {
+                let name = (ctx.source_name)(*s);
+                add(&mut sources, &[&name, "rejected", r.as_str()], *v);
+                add(&mut ingest_rejected, &[r.as_str()], *v);
+            }
+            StatKey::Rows(s, d) => {
+                let name = (ctx.source_name)(*s);
+                add(&mut dataset_by_source, &[&name], *v);
+                add(&mut dataset_by_domain, &[d.as_str()], *v);
+                add(&mut domains, &[d.as_str(), "rows"], *v);
+                rows += v;
+            }
+            StatKey::Matches(b) => add(&mut contamination, &[b], *v),
+            _ => {}
+        }
+    }
+    let steps: Vec<Value> = ctx
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, (id, kind))| {
+            let i = i as u16;
+            let mut rejected = Map::new();
+            for (k, v) in &state.totals {
+                if let StatKey::Rejected(s, r) = k {
+                    if *s == i {
+                        rejected.insert(r.as_str().into(), json!(v));
+                    }
+                }
+            }
+            json!({
+                "id": id,
+                "type": kind,
+                "in": state.total(&StatKey::StepIn(i)),
+                "out": state.total(&StatKey::StepOut(i)),
+                "rejected": rejected,
+                "work": {
+                    "last_epoch": state.last(&StatKey::Work(i)),
+                    "total": state.total(&StatKey::Work(i)),
+                },
+            })
+        })
+        .collect();
+    json!({
+        "recipe": ctx.recipe,
+        "epoch": ctx.epoch,
+        "epochs_run": ctx.epochs_run,
+        "last_changed_epoch": state.last_changed_epoch,
+        "sources": sources,
+        "domains": domains,
+        "ingest": {
+            "rejected": ingest_rejected,
+            "work": {
+                "last_epoch": state.last(&StatKey::IngestWork),
+                "total": state.total(&StatKey::IngestWork),
+            },
+        },
+        "steps": steps,
+        "dataset": {
+            "rows": rows,
+            "questions": state.total(&StatKey::DatasetQuestions),
+            "by_source": dataset_by_source,
+            "by_domain": dataset_by_domain,
+            "last_epoch": {
+                "upserts": state.last(&StatKey::ChangeUpserts),
+                "deletes": state.last(&StatKey::ChangeDeletes),
+            },
+            "changes_total": {
+                "upserts": state.total(&StatKey::ChangeUpserts),
+                "deletes": state.total(&StatKey::ChangeDeletes),
+            },
+        },
+        "contamination": { "by_benchmark": contamination },
+    })
+}

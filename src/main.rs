@@ -68,7 +68,7 @@ fn init_logging(format: &str) {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Recipe, ExitCode> {
+fn load(path: &std::path::Path) -> Result<Recipe, ExitCode> {
     match Recipe::load(path) {
         Ok(r) => Ok(r),
         Err(LoadError::Invalid(errors)) => {

@@ -42,13 +42,16 @@ use timely::worker::Worker;
 /// A question upsert: `(id, Some(question))` or a tombstone `(id, None)`, at an epoch.
 pub type Upsert = (QuestionId, Option<Question>, Epoch);
 
+/// A keyed teacher's answer input.
+pub type AnswerInput = InputSession<Epoch, ((LookupKey, u16), Answer), isize>;
+
 /// One worker's handles into its dataflow.
 pub struct Handles {
     pub questions: InputHandleVec<Epoch, Upsert>,
     pub benchmarks: InputSession<Epoch, BenchItem, isize>,
     pub ingest_rejections: InputSession<Epoch, Rejection, isize>,
     /// Per teacher: its answer input, for keyed (replay) teachers.
-    pub answers: Vec<Option<InputSession<Epoch, ((LookupKey, u16), Answer), isize>>>,
+    pub answers: Vec<Option<AnswerInput>>,
     pub ingest_work: InputSession<Epoch, StatKey, isize>,
     pub probe: ProbeHandle<Epoch>,
     /// Worker 0 only: the accumulated counts.
@@ -125,7 +128,7 @@ pub fn build(
     let store = Arc::clone(store);
     let dirs = dirs.clone();
     worker.dataflow::<Epoch, _, _>(move |scope| {
-        let mut probe = ProbeHandle::new();
+        let probe = ProbeHandle::new();
         let sink_errors: Rc<RefCell<Vec<String>>> = Rc::new(RefCell::new(Vec::new()));
         let naming = Naming {
             store: Arc::clone(&store),
@@ -386,7 +389,7 @@ pub fn build(
                 }
             },
         )
-        .probe_with(&mut probe);
+        .probe_with(&probe);
 
         let all_matches = differential_dataflow::collection::concatenate(scope, matches_all);
         stats.push(tally(all_matches.clone(), false, |m: &Match| {
@@ -409,7 +412,7 @@ pub fn build(
                 }
             },
         )
-        .probe_with(&mut probe);
+        .probe_with(&probe);
 
         // Stats on worker 0.
         let state = Rc::new(RefCell::new(StatsState::default()));
@@ -422,7 +425,7 @@ pub fn build(
                 s2.borrow_mut().apply(epoch, updates)
             },
         )
-        .probe_with(&mut probe);
+        .probe_with(&probe);
 
         Handles {
             questions: q_handle,

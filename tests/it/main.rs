@@ -1,1 +1,8 @@
+//! thoughtflow's integration tests: one binary, each module one concern, all through the real
+//! `thoughtflow` executable.
 
+mod bad_input;
+mod check;
+mod follow;
+mod recipes;
+mod util;

@@ -14,7 +14,7 @@ use differential_dataflow::VecCollection;
 
 /// The verdict for one question: `None` if it passes.
 pub fn verdict(step: StepId, q: &Question, max_tokens: u32) -> Option<Rejection> {
-    (q.tokens > max_tokens).then(|| Rejection {
+    (q.tokens > max_tokens).then_some(Rejection {
         subject: Subject::Question(q.id),
         step,
         reason: Reason::TooLong,

@@ -172,7 +172,7 @@ pub fn select<'s>(
                 .reduce(move |group, ranks, output| {
                     let keep = sizes.get(group) as usize;
                     for (r, _count) in ranks.iter().take(keep) {
-                        output.push(((*r).2, 1));
+                        output.push((r.2, 1));
                     }
                 })
                 .map(|(_group, id)| id);

@@ -121,7 +121,7 @@ pub fn explain(recipe: &Recipe) -> String {
             o,
             "  {:<24} {}  domain={} priority={} fields: id={:?} question={:?}",
             s.name,
-            s.path.display(),
+            s.input.describe(),
             s.domain.map(|d| d.as_str()).unwrap_or("(per record)"),
             s.priority,
             s.fields.id,
@@ -131,7 +131,7 @@ pub fn explain(recipe: &Recipe) -> String {
     if !recipe.benchmarks.is_empty() {
         let _ = writeln!(o, "\nbenchmarks (items broadcast to every worker):");
         for b in &recipe.benchmarks {
-            let _ = writeln!(o, "  {:<24} {}", b.name, b.path.display());
+            let _ = writeln!(o, "  {:<24} {}", b.name, b.input.describe());
         }
     }
     let _ = writeln!(o, "\ngraph:");
@@ -163,5 +163,13 @@ pub fn explain(recipe: &Recipe) -> String {
         "  [sink] dataset/part-*.jsonl ({} shards by question id), changes/EPOCH.jsonl, rejections/<step>.jsonl, contamination/matches.jsonl, stats.json",
         recipe.sink.shards
     );
+    if let Some(k) = &recipe.sink.kafka {
+        let _ = writeln!(
+            o,
+            "  [sink] kafka changelog topic {:?}: key = row id, value = row, tombstone on delete{}; one transaction per epoch",
+            k.topic,
+            if k.progress { ", progress marker per epoch" } else { "" }
+        );
+    }
     o
 }

@@ -238,7 +238,12 @@ impl FileTracker {
     /// Reads new, rewritten and deleted files owned by `worker`; returns their upserts.
     pub fn poll(&mut self, worker: usize, peers: usize, store: &Store) -> SourceDelta {
         let mut delta = SourceDelta::default();
-        let present: Vec<PathBuf> = list_files(&self.spec.path)
+        let present: Vec<PathBuf> = self
+            .spec
+            .input
+            .path()
+            .map(list_files)
+            .unwrap_or_default()
             .into_iter()
             .filter(|p| owner(p, peers) == worker)
             .collect();
@@ -365,7 +370,7 @@ impl BenchmarkTracker {
 
     /// The benchmark name of a file: the entry's name for a file, the file stem in a folder.
     fn bench_name(&self, file: &Path) -> String {
-        if self.spec.path.is_dir() {
+        if self.spec.input.path().is_some_and(|p| p.is_dir()) {
             file.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| self.spec.name.clone())
@@ -379,7 +384,12 @@ impl BenchmarkTracker {
     pub fn poll(&mut self, worker: usize, peers: usize) -> (Vec<(BenchItem, isize)>, Vec<String>) {
         let mut diffs = Vec::new();
         let mut problems = Vec::new();
-        let present: Vec<PathBuf> = list_files(&self.spec.path)
+        let present: Vec<PathBuf> = self
+            .spec
+            .input
+            .path()
+            .map(list_files)
+            .unwrap_or_default()
             .into_iter()
             .filter(|p| owner(p, peers) == worker)
             .collect();
@@ -456,7 +466,7 @@ mod tests {
     fn spec() -> SourceSpec {
         SourceSpec {
             name: "s".into(),
-            path: PathBuf::from("/nonexistent"),
+            input: crate::recipe::Input::Files(PathBuf::from("/nonexistent")),
             domain: Some(Domain::Math),
             priority: 0,
             fields: FieldMap {
@@ -506,7 +516,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.ext_id, "7");
-        assert_eq!(p.question.tokens, 2);
+        assert_eq!(p.question.tokens, 3);
         assert_eq!(&*store.text(p.question.text).unwrap(), "What is  2+2?");
         assert_eq!(&*store.question_name(p.question.id), "7");
     }

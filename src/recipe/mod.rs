@@ -41,11 +41,62 @@ impl Default for FieldMap {
     }
 }
 
-/// A question source: a JSONL file, or a folder of them.
+/// Kafka topics a source or benchmark entry reads: listed names and/or a regex pattern
+/// (anchored) that also picks up topics created while running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaTopics {
+    pub topics: Vec<String>,
+    pub pattern: Option<String>,
+}
+
+impl KafkaTopics {
+    /// Whether `topic` belongs to this entry.
+    pub fn matches(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| t == topic)
+            || self.pattern.as_ref().is_some_and(|p| {
+                regex::Regex::new(&format!("^(?:{p})$")).is_ok_and(|r| r.is_match(topic))
+            })
+    }
+}
+
+/// Where an entry's records come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// A JSONL file, or a folder of them (watched by `--follow`).
+    Files(PathBuf),
+    /// Kafka topics (brokers come from flags/environment).
+    Kafka(KafkaTopics),
+}
+
+impl Input {
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Input::Files(p) => Some(p),
+            Input::Kafka(_) => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Input::Files(p) => p.display().to_string(),
+            Input::Kafka(k) => {
+                let mut parts: Vec<String> =
+                    k.topics.iter().map(|t| format!("kafka:{t}")).collect();
+                if let Some(p) = &k.pattern {
+                    parts.push(format!("kafka:/{p}/"));
+                }
+                parts.join(" + ")
+            }
+        }
+    }
+}
+
+/// A question source: a JSONL file, a folder of them, or Kafka topics (each topic is a source
+/// of its own, named by the topic).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourceSpec {
     pub name: String,
-    pub path: PathBuf,
+    pub input: Input,
     /// Domain of records that carry none.
     pub domain: Option<Domain>,
     /// Dedup priority: lower wins. Default: the source's position in the recipe.
@@ -55,12 +106,13 @@ pub struct SourceSpec {
     pub max_record_bytes: usize,
 }
 
-/// A benchmark: a JSONL file (one benchmark), or a folder (one benchmark per file, named by
-/// the file stem).
+/// A benchmark: a JSONL file (one benchmark), a folder (one benchmark per file, named by the
+/// file stem), or a Kafka topic (items keyed by message key; the benchmark named by the
+/// value's `benchmark` field, else the entry's name).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchmarkSpec {
     pub name: String,
-    pub path: PathBuf,
+    pub input: Input,
     pub fields: FieldMap,
 }
 
@@ -173,6 +225,16 @@ pub struct StepSpec {
 pub struct SinkSpec {
     /// Number of dataset shards (by question-id hash).
     pub shards: u32,
+    /// The dataset's changelog topic, if any.
+    pub kafka: Option<KafkaSinkSpec>,
+}
+
+/// The changelog topic: key = row id, value = the row, tombstone on retraction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaSinkSpec {
+    pub topic: String,
+    /// Also write a progress marker per epoch to every partition.
+    pub progress: bool,
 }
 
 /// A validated recipe.
@@ -250,6 +312,18 @@ impl Recipe {
     pub fn teacher_index(&self, name: &str) -> Option<usize> {
         self.teachers.iter().position(|t| t.name == name)
     }
+
+    /// Whether any source, benchmark or sink uses Kafka.
+    pub fn uses_kafka(&self) -> bool {
+        self.sources
+            .iter()
+            .any(|s| matches!(s.input, Input::Kafka(_)))
+            || self
+                .benchmarks
+                .iter()
+                .any(|b| matches!(b.input, Input::Kafka(_)))
+            || self.sink.kafka.is_some()
+    }
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -283,10 +357,19 @@ fn read_recipe(file: &Path, dir: &Path, table: &toml::Table, issues: &Issues) ->
     let sink = match root.opt_table("sink") {
         Some(s) => {
             let shards = s.opt_int("shards", 1, 4096).unwrap_or(4) as u32;
+            let kafka = s.opt_table("kafka").and_then(|k| {
+                let topic = k.req_str("topic");
+                let progress = k.opt_bool("progress").unwrap_or(true);
+                k.finish();
+                topic.map(|topic| KafkaSinkSpec { topic, progress })
+            });
             s.finish();
-            SinkSpec { shards }
+            SinkSpec { shards, kafka }
         }
-        None => SinkSpec { shards: 4 },
+        None => SinkSpec {
+            shards: 4,
+            kafka: None,
+        },
     };
     root.finish();
     Recipe {
@@ -343,6 +426,56 @@ fn existing_path(obj: &Obj, key: &str, dir: &Path) -> Option<PathBuf> {
     }
 }
 
+/// `path = "..."` (which must exist) or `kafka = { topics = [..], pattern = ".." }`.
+fn read_input(obj: &Obj, dir: &Path, single_topic: bool) -> Option<Input> {
+    match (obj.has("path"), obj.has("kafka")) {
+        (true, true) => {
+            obj.issue("kafka", "give either `path` or `kafka`, not both");
+            None
+        }
+        (false, true) => {
+            let k = obj.opt_table("kafka")?;
+            let mut topics = k.opt_str_list("topics").unwrap_or_default();
+            if let Some(t) = k.opt_str("topic") {
+                topics.push(t);
+            }
+            let pattern = if single_topic {
+                None
+            } else {
+                k.opt_str("pattern")
+            };
+            if let Some(p) = &pattern {
+                if let Err(e) = regex::Regex::new(p) {
+                    k.issue("pattern", format!("not a valid regular expression: {e}"));
+                }
+            }
+            if topics.is_empty() && pattern.is_none() {
+                k.issue(
+                    if single_topic { "topic" } else { "topics" },
+                    if single_topic {
+                        "missing (required): the topic name"
+                    } else {
+                        "name topics (`topics = [..]`) or a `pattern`"
+                    },
+                );
+            }
+            for t in &topics {
+                if t.is_empty()
+                    || t.len() > 249
+                    || !t
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                {
+                    k.issue("topics", format!("{t:?} is not a valid Kafka topic name"));
+                }
+            }
+            k.finish();
+            Some(Input::Kafka(KafkaTopics { topics, pattern }))
+        }
+        _ => existing_path(obj, "path", dir).map(Input::Files),
+    }
+}
+
 fn unique_name(obj: &Obj, seen: &mut BTreeSet<String>, what: &str) -> Option<String> {
     let name = obj.req_str("name")?;
     if !seen.insert(name.clone()) {
@@ -360,7 +493,7 @@ fn read_sources(root: &Obj, dir: &Path) -> Vec<SourceSpec> {
     let mut out = Vec::new();
     for (i, s) in entries.iter().enumerate() {
         let name = unique_name(s, &mut seen, "source");
-        let path = existing_path(s, "path", dir);
+        let input = read_input(s, dir, false);
         let domain = s.opt_str("domain").and_then(|d| {
             let parsed = Domain::parse(&d);
             if parsed.is_none() {
@@ -382,10 +515,10 @@ fn read_sources(root: &Obj, dir: &Path) -> Vec<SourceSpec> {
                 );
             }
         }
-        if let (Some(name), Some(path)) = (name, path) {
+        if let (Some(name), Some(input)) = (name, input) {
             out.push(SourceSpec {
                 name,
-                path,
+                input,
                 domain,
                 priority,
                 fields,
@@ -405,10 +538,14 @@ fn read_benchmarks(root: &Obj, dir: &Path) -> Vec<BenchmarkSpec> {
     let mut out = Vec::new();
     for b in &entries {
         let name = unique_name(b, &mut seen, "benchmark");
-        let path = existing_path(b, "path", dir);
+        let input = read_input(b, dir, true);
         let fields = read_fields(b, FieldMap::default());
-        if let (Some(name), Some(path)) = (name, path) {
-            out.push(BenchmarkSpec { name, path, fields });
+        if let (Some(name), Some(input)) = (name, input) {
+            out.push(BenchmarkSpec {
+                name,
+                input,
+                fields,
+            });
         }
     }
     for b in entries {

@@ -41,7 +41,10 @@ fn err(reason: Reason, message: impl Into<String>) -> LineError {
     }
 }
 
-fn field_string(obj: &serde_json::Map<String, Value>, field: &str) -> Result<String, LineError> {
+pub fn field_string(
+    obj: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<String, LineError> {
     match obj.get(field) {
         None | Some(Value::Null) => Err(err(
             Reason::MissingField,
@@ -87,16 +90,30 @@ pub fn parse_object(
     }
 }
 
-/// Parses one line of a question source, storing its text and name on success.
+/// Where a record comes from: the source it belongs to (a file source, or a Kafka topic).
+#[derive(Clone, Copy)]
+pub struct Origin<'a> {
+    pub spec: &'a SourceSpec,
+    /// The source's name: the entry's name for files, the topic for Kafka.
+    pub name: &'a str,
+    pub source: SourceId,
+}
+
+/// Parses one record of a question source, storing its text and name on success. `id` (a
+/// Kafka message key) takes precedence over the id field.
 pub fn parse_question(
-    spec: &SourceSpec,
-    source: SourceId,
+    origin: Origin,
     bytes: &[u8],
+    id: Option<&str>,
     store: &Store,
 ) -> Result<Parsed, LineError> {
+    let spec = origin.spec;
     let obj = parse_object(bytes, spec.max_record_bytes)?;
     let fields: &FieldMap = &spec.fields;
-    let ext_id = field_string(&obj, &fields.id)?;
+    let ext_id = match id {
+        Some(id) => id.to_string(),
+        None => field_string(&obj, &fields.id)?,
+    };
     let text = field_string(&obj, &fields.question)?;
     if text.trim().is_empty() {
         return Err(err(
@@ -127,14 +144,14 @@ pub fn parse_question(
             ))
         }
     };
-    let id = hash::question_id(&spec.name, &ext_id);
+    let id = hash::question_id(origin.name, &ext_id);
     let text_ref = hash::text_ref(&text);
     store.put_text(text_ref, &text);
-    store.put_name(id, source, &ext_id);
+    store.put_name(id, origin.source, &ext_id);
     Ok(Parsed {
         question: Question {
             id,
-            source,
+            source: origin.source,
             priority: spec.priority,
             domain,
             hash: hash::content_hash(&text),
@@ -324,7 +341,12 @@ impl FileTracker {
         let mut order = Vec::new();
         let mut rejections = Vec::new();
         for (line, record) in lines(bytes) {
-            match parse_question(&self.spec, self.source, record, store) {
+            let origin = Origin {
+                spec: &self.spec,
+                name: &self.spec.name,
+                source: self.source,
+            };
+            match parse_question(origin, record, None, store) {
                 Ok(p) => {
                     let id = p.question.id;
                     if latest.insert(id, p.question).is_none() {
@@ -479,7 +501,13 @@ mod tests {
 
     fn reason(line: &[u8]) -> Reason {
         let store = Store::new();
-        parse_question(&spec(), SourceId(1), line, &store)
+        let spec = spec();
+        let origin = Origin {
+            spec: &spec,
+            name: "s",
+            source: SourceId(1),
+        };
+        parse_question(origin, line, None, &store)
             .expect_err("should be rejected")
             .reason
     }
@@ -508,10 +536,16 @@ mod tests {
     #[test]
     fn good_line_is_stored() {
         let store = Store::new();
+        let spec = spec();
+        let origin = Origin {
+            spec: &spec,
+            name: "s",
+            source: SourceId(1),
+        };
         let p = parse_question(
-            &spec(),
-            SourceId(1),
+            origin,
             br#"{"id": 7, "problem": "What is  2+2?"}"#,
+            None,
             &store,
         )
         .unwrap();

@@ -7,6 +7,7 @@
 //! - [`render`]: a recipe rendered into one timely worker's dataflow.
 //! - [`runtime`]: the workers, the epoch loop, `--follow`.
 //! - [`ingest`]: JSONL records to questions or rejections; files to upserts.
+//! - [`kafka`]: topics in (per-worker readers), the changelog topic out.
 //! - [`store`]: texts and names, out of the dataflow.
 //! - [`teachers`]: replay and synthetic teachers.
 //! - [`sink`]: the dataset shards, changes and audit outputs.
@@ -14,6 +15,7 @@
 
 pub mod explain;
 pub mod ingest;
+pub mod kafka;
 pub mod recipe;
 pub mod render;
 pub mod runtime;

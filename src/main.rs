@@ -52,6 +52,19 @@ enum Command {
         /// How often --follow polls the inputs, in milliseconds.
         #[arg(long, default_value_t = 500)]
         poll_ms: u64,
+        /// Kafka bootstrap servers, for recipes with Kafka sources, benchmarks or changelog.
+        #[arg(long, env = "THOUGHTFLOW_KAFKA_BROKERS")]
+        kafka_brokers: Option<String>,
+        /// Extra librdkafka settings as KEY=VALUE (repeatable; also comma-separated in
+        /// THOUGHTFLOW_KAFKA_OPTIONS), e.g. security.protocol=SASL_SSL, sasl.username=...
+        #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+        kafka_options: Vec<String>,
+        /// Consumer group for committed offsets (default: thoughtflow.RECIPE-NAME).
+        #[arg(long, env = "THOUGHTFLOW_KAFKA_GROUP")]
+        kafka_group: Option<String>,
+        /// Seconds the first epoch waits for Kafka topics to be read to their end.
+        #[arg(long, default_value_t = 60)]
+        kafka_wait_secs: u64,
     },
 }
 
@@ -126,10 +139,26 @@ fn run(command: Command) -> Result<ExitCode> {
             workers,
             follow,
             poll_ms,
+            kafka_brokers,
+            mut kafka_options,
+            kafka_group,
+            kafka_wait_secs,
         } => {
             let r = match load(&recipe) {
                 Ok(r) => r,
                 Err(code) => return Ok(code),
+            };
+            if let Ok(env) = std::env::var("THOUGHTFLOW_KAFKA_OPTIONS") {
+                kafka_options.insert(0, env);
+            }
+            let kafka = match kafka_brokers {
+                Some(brokers) => Some(thoughtflow::kafka::KafkaSettings {
+                    brokers,
+                    options: thoughtflow::kafka::parse_options(&kafka_options)
+                        .map_err(anyhow::Error::msg)?,
+                    group: kafka_group.unwrap_or_else(|| format!("thoughtflow.{}", r.name)),
+                }),
+                None => None,
             };
             let stop = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&stop);
@@ -148,6 +177,8 @@ fn run(command: Command) -> Result<ExitCode> {
                     workers,
                     follow,
                     poll: Duration::from_millis(poll_ms),
+                    kafka,
+                    kafka_wait: Duration::from_secs(kafka_wait_secs),
                 },
                 stop,
             )?;

@@ -15,7 +15,7 @@
 //! written that epoch.
 
 use crate::recipe::{DedupMode, Recipe, SelectSpec, Sizes, StepKind, TeacherKind};
-use crate::sink::{AuditTable, DatasetShards, Naming, OutDirs};
+use crate::sink::{AuditTable, DatasetShards, Naming, OutDirs, SinkEvent};
 use crate::stats::{tally, StatKey, StatsState};
 use crate::store::Store;
 use differential_dataflow::input::{Input, InputSession};
@@ -121,7 +121,9 @@ pub fn build(
     recipe: &Arc<Recipe>,
     store: &Arc<Store>,
     dirs: &OutDirs,
+    kafka: Option<&crate::kafka::KafkaSettings>,
 ) -> Handles {
+    let kafka = kafka.cloned();
     let index = worker.index();
     let peers = worker.peers();
     let recipe = Arc::clone(recipe);
@@ -353,14 +355,16 @@ pub fn build(
         // Dataset sink: rows go to the worker that owns their shard.
         let shards = recipe.sink.shards;
         let mut dataset = DatasetShards::new(dirs.clone(), naming.clone(), shards, index, peers);
+        let changelog = recipe.sink.kafka.clone().zip(kafka.clone());
+        dataset.report_changes = changelog.is_some();
         let errors = Rc::clone(&sink_errors);
-        let dataset_stats = epoch_unary(
+        let dataset_events = epoch_unary(
             rows,
             Exchange::new(move |u: &((RowKey, Row), Epoch, isize)| {
                 crate::sink::shard_of((u.0).0.question, shards) as u64
             }),
             "DatasetSink",
-            move |epoch, updates, out: &mut Vec<(StatKey, isize)>| {
+            move |epoch, updates, out: &mut Vec<(SinkEvent, isize)>| {
                 if let Err(e) = dataset.epoch(epoch, shards, updates, out) {
                     errors
                         .borrow_mut()
@@ -368,7 +372,26 @@ pub fn build(
                 }
             },
         );
-        stats.push(dataset_stats);
+        stats.push(dataset_events.clone().flat_map(|e| match e {
+            SinkEvent::Stat(k) => Some(k),
+            SinkEvent::Change(_) => None,
+        }));
+        #[cfg(feature = "kafka")]
+        if let Some((spec, settings)) = changelog {
+            let changes = dataset_events.flat_map(|e| match e {
+                SinkEvent::Change(c) => Some(c),
+                SinkEvent::Stat(_) => None,
+            });
+            crate::kafka::changelog::changelog_sink(
+                changes,
+                settings,
+                spec,
+                Rc::clone(&sink_errors),
+            )
+            .probe_with(&probe);
+        }
+        #[cfg(not(feature = "kafka"))]
+        let _ = (changelog, dataset_events);
 
         // Audit sinks on worker 0.
         let all_rejections = differential_dataflow::collection::concatenate(scope, rejections);

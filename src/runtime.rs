@@ -8,15 +8,17 @@
 //! after `--poll-ms` until it is asked to stop (Ctrl-C / SIGTERM), finishing the epoch in hand.
 
 use crate::ingest::{BenchmarkTracker, FileTracker};
+use crate::kafka::KafkaSettings;
 use crate::recipe::{Recipe, TeacherKind};
 use crate::render;
 use crate::sink::{publish_changes, write_atomic, OutDirs};
 use crate::stats::{self, StatKey, StatsContext};
 use crate::store::Store;
 use anyhow::{anyhow, Context, Result};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thoughtflow_operators::record::{Answer, Epoch};
 use thoughtflow_operators::steps::fanout::LookupKey;
@@ -28,7 +30,19 @@ pub struct RunOptions {
     pub workers: usize,
     pub follow: bool,
     pub poll: Duration,
+    /// Brokers and client settings, for recipes that use Kafka.
+    pub kafka: Option<KafkaSettings>,
+    /// How long the first epoch waits for Kafka partitions to be read to their end.
+    pub kafka_wait: Duration,
 }
+
+/// Partition positions shared by a process's workers (for stats).
+type KafkaStatus = Arc<Mutex<BTreeMap<(String, i32), PartitionStatusView>>>;
+
+#[cfg(feature = "kafka")]
+type PartitionStatusView = crate::kafka::reader::PartitionStatus;
+#[cfg(not(feature = "kafka"))]
+type PartitionStatusView = ();
 
 /// What a finished run reports.
 #[derive(Debug)]
@@ -43,6 +57,20 @@ type ReplayAnswers = Vec<Option<Vec<((LookupKey, u16), Answer)>>>;
 /// Runs `recipe` until its inputs are consumed (or, with `follow`, until `stop` is set).
 pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<RunSummary> {
     let started = Instant::now();
+    if recipe.uses_kafka() {
+        if !cfg!(feature = "kafka") {
+            return Err(anyhow!(
+                "recipe {} uses Kafka, but this thoughtflow was built without the `kafka` feature",
+                recipe.file.display()
+            ));
+        }
+        if opts.kafka.is_none() {
+            return Err(anyhow!(
+                "recipe {} reads or writes Kafka topics, but no brokers are given: pass --kafka-brokers HOST:PORT or set THOUGHTFLOW_KAFKA_BROKERS",
+                recipe.file.display()
+            ));
+        }
+    }
     let dirs = OutDirs {
         root: opts.out.clone(),
     };
@@ -62,8 +90,18 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
     let workers = opts.workers.max(1);
     tracing::info!(recipe = %recipe.name, workers, follow = opts.follow, out = %dirs.root.display(), "starting run");
 
+    let kafka_status: KafkaStatus = Arc::new(Mutex::new(BTreeMap::new()));
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        drive(worker, &recipe, &store, &dirs, &opts, &replay, &stop)
+        drive(
+            worker,
+            &recipe,
+            &store,
+            &dirs,
+            &opts,
+            &replay,
+            &stop,
+            &kafka_status,
+        )
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
     let mut summary = None;
@@ -83,6 +121,7 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn drive(
     worker: &mut timely::worker::Worker,
     recipe: &Arc<Recipe>,
@@ -91,10 +130,17 @@ fn drive(
     opts: &RunOptions,
     replay: &Arc<ReplayAnswers>,
     stop: &Arc<AtomicBool>,
+    kafka_status: &KafkaStatus,
 ) -> std::result::Result<Option<(u64, serde_json::Value)>, String> {
     let index = worker.index();
     let peers = worker.peers();
-    let mut handles = render::build(worker, recipe, store, dirs);
+    let mut handles = render::build(worker, recipe, store, dirs, opts.kafka.as_ref());
+    #[cfg(feature = "kafka")]
+    let mut kafka_in = opts.kafka.as_ref().and_then(|k| {
+        crate::kafka::ingest::KafkaIngest::start(k, recipe, index, peers, Arc::clone(kafka_status))
+    });
+    #[cfg(not(feature = "kafka"))]
+    let _ = kafka_status;
     let mut sources: Vec<FileTracker> = recipe
         .sources
         .iter()
@@ -148,6 +194,29 @@ fn drive(
                 handles.ingest_rejections.update(r, d);
             }
         }
+        #[cfg(feature = "kafka")]
+        if let Some(k) = kafka_in.as_mut() {
+            let first = epoch == 0;
+            let drained = k.drain(&mut handles, epoch, store, first.then_some(opts.kafka_wait));
+            work += drained.messages as isize;
+            if first && !drained.caught_up {
+                let brokers = opts
+                    .kafka
+                    .as_ref()
+                    .map(|k| k.brokers.as_str())
+                    .unwrap_or("");
+                if !opts.follow {
+                    return Err(format!(
+                        "kafka: could not read the recipe's topics to their end within {}s (brokers {brokers}); is the broker up?",
+                        opts.kafka_wait.as_secs()
+                    ));
+                }
+                tracing::warn!(
+                    brokers,
+                    "kafka: topics not read to their end yet; following on"
+                );
+            }
+        }
         if work > 0 {
             handles.ingest_work.update(StatKey::IngestWork, work);
         }
@@ -159,6 +228,10 @@ fn drive(
         }
         if let Some(e) = handles.sink_errors.borrow().first() {
             return Err(e.clone());
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(k) = kafka_in.as_mut() {
+            k.commit();
         }
         if let Some(state) = &handles.stats {
             let changed =
@@ -173,6 +246,22 @@ fn drive(
                 epochs_run: epoch,
             };
             last_stats = stats::render(&state, &ctx);
+            #[cfg(feature = "kafka")]
+            if opts.kafka.is_some() {
+                let parts: Vec<serde_json::Value> = kafka_status
+                    .lock()
+                    .expect("status lock")
+                    .values()
+                    .map(|p| {
+                        serde_json::json!({
+                            "topic": p.topic, "partition": p.partition,
+                            "next_offset": p.next_offset, "high_watermark": p.high_watermark,
+                            "lag": p.lag(),
+                        })
+                    })
+                    .collect();
+                last_stats["kafka"] = serde_json::json!({ "partitions": parts });
+            }
             let text = serde_json::to_vec_pretty(&last_stats).expect("json");
             write_atomic(&dirs.stats(), &text).map_err(|e| format!("writing stats.json: {e}"))?;
             if changed || done == 0 {

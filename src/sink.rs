@@ -32,6 +32,24 @@ use thoughtflow_operators::record::{
     AnswerText, Detail, Epoch, Match, QuestionId, Rejection, Row, RowKey, StepId, Subject,
 };
 
+/// One published row change, for the changelog topic: `value` is `None` for a delete.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Change {
+    pub row_id: String,
+    pub value: Option<String>,
+}
+
+/// What the dataset sink reports: counts for stats, and changes for a changelog.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum SinkEvent {
+    Stat(StatKey),
+    Change(Change),
+}
+
 /// The output folder's layout.
 #[derive(Clone, Debug)]
 pub struct OutDirs {
@@ -249,6 +267,8 @@ fn jsonl<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<u8> {
 pub struct DatasetShards {
     dirs: OutDirs,
     naming: Naming,
+    /// Whether to report each change as a [`SinkEvent::Change`] (for a changelog topic).
+    pub report_changes: bool,
     /// shard -> row key -> row
     shards: BTreeMap<u32, BTreeMap<RowKey, Row>>,
 }
@@ -267,6 +287,7 @@ impl DatasetShards {
         DatasetShards {
             dirs,
             naming,
+            report_changes: false,
             shards: owned,
         }
     }
@@ -278,8 +299,9 @@ impl DatasetShards {
         epoch: Epoch,
         shard_count: u32,
         updates: Vec<((RowKey, Row), isize)>,
-        stats: &mut Vec<(StatKey, isize)>,
+        events: &mut Vec<(SinkEvent, isize)>,
     ) -> std::io::Result<()> {
+        let mut stats: Vec<(StatKey, isize)> = Vec::new();
         let mut net: BTreeMap<(RowKey, Row), isize> = BTreeMap::new();
         for (kr, d) in updates {
             *net.entry(kr).or_insert(0) += d;
@@ -330,12 +352,32 @@ impl DatasetShards {
                 Some(n) => {
                     stats.push((StatKey::Rows(n.question.source, n.question.domain), 1));
                     stats.push((StatKey::ChangeUpserts, 1));
-                    json!({"op": "upsert", "epoch": epoch, "row": self.naming.render_row(n)})
+                    let row = self.naming.render_row(n);
+                    if self.report_changes {
+                        events.push((
+                            SinkEvent::Change(Change {
+                                row_id: row["row_id"].as_str().unwrap_or_default().to_string(),
+                                value: Some(row.to_string()),
+                            }),
+                            1,
+                        ));
+                    }
+                    json!({"op": "upsert", "epoch": epoch, "row": row})
                 }
                 None => {
                     let o = old.as_ref().expect("changed");
                     stats.push((StatKey::ChangeDeletes, 1));
-                    json!({"op": "delete", "epoch": epoch, "row_id": self.naming.render_row_id(o)})
+                    let row_id = self.naming.render_row_id(o);
+                    if self.report_changes {
+                        events.push((
+                            SinkEvent::Change(Change {
+                                row_id: row_id.clone(),
+                                value: None,
+                            }),
+                            1,
+                        ));
+                    }
+                    json!({"op": "delete", "epoch": epoch, "row_id": row_id})
                 }
             };
             changes.entry(shard).or_default().push(change);
@@ -346,6 +388,7 @@ impl DatasetShards {
                 stats.push((StatKey::DatasetQuestions, if is { 1 } else { -1 }));
             }
         }
+        events.extend(stats.into_iter().map(|(k, d)| (SinkEvent::Stat(k), d)));
         for (shard, lines) in &changes {
             self.write_shard(*shard)?;
             let part = self

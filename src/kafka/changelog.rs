@@ -391,42 +391,6 @@ pub fn reconcile(published: HashMap<String, u64>, changes: Vec<Change>) -> Vec<C
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconcile_skips_published_and_tombstones_gone_rows() {
-        let published: HashMap<String, u64> = [
-            ("same".to_string(), hash::hash64(b"v1")),
-            ("changed".to_string(), hash::hash64(b"old")),
-            ("gone".to_string(), hash::hash64(b"x")),
-        ]
-        .into_iter()
-        .collect();
-        let changes = vec![
-            Change {
-                row_id: "changed".into(),
-                value: Some("new".into()),
-            },
-            Change {
-                row_id: "fresh".into(),
-                value: Some("f".into()),
-            },
-            Change {
-                row_id: "same".into(),
-                value: Some("v1".into()),
-            },
-        ];
-        let out = reconcile(published, changes);
-        let ids: Vec<(&str, bool)> = out
-            .iter()
-            .map(|c| (c.row_id.as_str(), c.value.is_some()))
-            .collect();
-        assert_eq!(ids, [("changed", true), ("fresh", true), ("gone", false)]);
-    }
-}
-
 /// The changelog sink operator: all changes go to worker 0, which publishes one transaction
 /// per epoch and holds the epoch's capability until it commits. Fatal errors go to `errors`.
 pub fn changelog_sink<'s>(
@@ -484,4 +448,40 @@ pub fn changelog_sink<'s>(
             },
         )
         .as_collection()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconcile_skips_published_and_tombstones_gone_rows() {
+        let published: HashMap<String, u64> = [
+            ("same".to_string(), hash::hash64(b"v1")),
+            ("changed".to_string(), hash::hash64(b"old")),
+            ("gone".to_string(), hash::hash64(b"x")),
+        ]
+        .into_iter()
+        .collect();
+        let changes = vec![
+            Change {
+                row_id: "changed".into(),
+                value: Some("new".into()),
+            },
+            Change {
+                row_id: "fresh".into(),
+                value: Some("f".into()),
+            },
+            Change {
+                row_id: "same".into(),
+                value: Some("v1".into()),
+            },
+        ];
+        let out = reconcile(published, changes);
+        let ids: Vec<(&str, bool)> = out
+            .iter()
+            .map(|c| (c.row_id.as_str(), c.value.is_some()))
+            .collect();
+        assert_eq!(ids, [("changed", true), ("fresh", true), ("gone", false)]);
+    }
 }

@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thoughtflow_operators::hash;
-use thoughtflow_operators::record::{BenchItem, Detail, Epoch, Reason, Rejection, StepId, Subject};
+use thoughtflow_operators::record::{
+    BenchItem, Detail, Epoch, Question, QuestionId, Reason, Rejection, StepId, Subject,
+};
 
 /// At most this many messages enter one epoch (the rest wait for the next).
 const MAX_PER_EPOCH: usize = 500_000;
@@ -29,6 +31,9 @@ pub struct KafkaIngest {
     offsets: BTreeMap<(String, i32), i64>,
     caught_up: bool,
     status: SharedStatus,
+    /// This epoch's question upserts: within an epoch the last message of a key wins (the
+    /// upsert arrangement would otherwise break ties by value, not by offset).
+    upserts: HashMap<QuestionId, Option<Question>>,
 }
 
 /// What one drain produced.
@@ -69,6 +74,7 @@ impl KafkaIngest {
             offsets: BTreeMap::new(),
             caught_up: false,
             status,
+            upserts: HashMap::new(),
         })
     }
 
@@ -92,7 +98,7 @@ impl KafkaIngest {
             };
             match event {
                 Some(Event::Message(m)) => {
-                    self.message(m, handles, epoch, store);
+                    self.message(m, handles, store);
                     out.messages += 1;
                     if out.messages >= MAX_PER_EPOCH {
                         break;
@@ -114,6 +120,10 @@ impl KafkaIngest {
                 }
             }
         }
+        for (id, q) in self.upserts.drain() {
+            tracing::trace!(?id, present = q.is_some(), "kafka upsert");
+            handles.questions.send((id, q, epoch));
+        }
         out.caught_up = self.caught_up;
         out
     }
@@ -127,7 +137,8 @@ impl KafkaIngest {
         self.reader.commit(offsets);
     }
 
-    fn message(&mut self, m: Msg, handles: &mut Handles, epoch: Epoch, store: &Store) {
+    fn message(&mut self, m: Msg, handles: &mut Handles, store: &Store) {
+        tracing::trace!(topic = %m.topic, partition = m.partition, offset = m.offset, key = ?m.key.as_deref().map(String::from_utf8_lossy), payload_len = ?m.payload.as_ref().map(|p| p.len()), "kafka message");
         self.offsets
             .insert((m.topic.to_string(), m.partition), m.offset + 1);
         {
@@ -169,9 +180,7 @@ impl KafkaIngest {
                 store.register_source(source, &m.topic);
                 match (&m.payload, key.as_deref()) {
                     (None, Some(k)) => {
-                        handles
-                            .questions
-                            .send((hash::question_id(&m.topic, k), None, epoch));
+                        self.upserts.insert(hash::question_id(&m.topic, k), None);
                     }
                     (None, None) => reject(
                         handles,
@@ -187,9 +196,7 @@ impl KafkaIngest {
                         let key = key.filter(|k| !k.is_empty());
                         match parse_question(origin, bytes, key, store) {
                             Ok(p) => {
-                                handles
-                                    .questions
-                                    .send((p.question.id, Some(p.question), epoch))
+                                self.upserts.insert(p.question.id, Some(p.question));
                             }
                             Err(e) => reject(handles, e.reason, e.message),
                         }

@@ -4,5 +4,7 @@
 mod bad_input;
 mod check;
 mod follow;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod recipes;
 mod util;

@@ -83,10 +83,19 @@ pub fn write_jsonl(path: &Path, rows: &[Value]) {
 pub struct Following {
     pub child: Child,
     pub out: PathBuf,
+    /// The run's stderr.
+    pub log: PathBuf,
 }
+
+static LOGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Following {
     pub fn start(recipe: &Path, out: &Path, extra: &[&str]) -> Following {
+        let n = LOGS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log_path = out.with_extension(format!("log{n}"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        // A restart on the same folder must not be mistaken for the earlier run.
+        let _ = std::fs::remove_file(out.join("stats.json"));
         let mut cmd = bin();
         cmd.args([
             "run",
@@ -97,10 +106,11 @@ impl Following {
         .args(["--follow", "--poll-ms", "50"])
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(log);
         let f = Following {
             child: cmd.spawn().expect("spawn thoughtflow --follow"),
             out: out.to_path_buf(),
+            log: log_path,
         };
         f.wait_for("first epoch", |s| {
             s["epochs_run"].as_u64().unwrap_or(0) >= 1
@@ -111,15 +121,26 @@ impl Following {
     /// Waits (up to 60 s) until stats.json satisfies `pred`; returns it.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = Value::Null;
         loop {
             if let Ok(bytes) = std::fs::read(self.out.join("stats.json")) {
                 if let Ok(s) = serde_json::from_slice::<Value>(&bytes) {
                     if pred(&s) {
                         return s;
                     }
+                    last = s;
                 }
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "timed out waiting for {what}; last stats: epoch {} dataset {}\nlog tail:\n{}",
+                    last["epoch"],
+                    last["dataset"],
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -138,11 +159,7 @@ impl Following {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
-        let mut err = String::new();
-        use std::io::Read;
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
+        let err = std::fs::read_to_string(&self.log).unwrap_or_default();
         assert!(status.success(), "follow run exited with {status}: {err}");
     }
 }

@@ -9,7 +9,6 @@ use thoughtflow_operators::record::*;
 use thoughtflow_operators::steps::decontam::{BenchmarkIndex, NgramConfig};
 use thoughtflow_operators::steps::select::{GroupBy, GroupSizes, Selection};
 use thoughtflow_operators::steps::{dedup, select};
-use timely::dataflow::operators::probe::Probe;
 
 fn demo_texts() -> Vec<String> {
     let mut out = Vec::new();
@@ -95,7 +94,7 @@ fn question(i: u64) -> Question {
         priority: (i % 5) as u32,
         domain: Domain::ALL[(i % 3) as usize],
         // ~10% exact duplicates.
-        hash: ContentHash(if i % 10 == 0 { h % 1000 } else { h }),
+        hash: ContentHash(if i.is_multiple_of(10) { h % 1000 } else { h }),
         text: TextRef(h),
         tokens: (h % 500) as u32,
         chars: (h % 3000) as u32,

@@ -210,7 +210,7 @@ impl ReaderThread {
         let mut next_status = Instant::now() + Duration::from_secs(2);
         while !stop.load(Ordering::SeqCst) {
             if Instant::now() >= next_discovery {
-                match meta.fetch_metadata(None, Duration::from_secs(5)) {
+                match meta.fetch_metadata(None, Duration::from_secs(2)) {
                     Ok(md) => {
                         backoff = Duration::from_millis(500);
                         next_discovery = Instant::now() + Duration::from_secs(1);

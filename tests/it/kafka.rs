@@ -493,3 +493,61 @@ fn a_kafka_recipe_without_brokers_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--kafka-brokers"));
 }
+
+#[test]
+fn a_broker_down_at_start_is_a_clear_error_or_a_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = recipe(tmp.path(), 1);
+    let port = free_port();
+    // Without --follow: a clear error after the wait.
+    let out = bin()
+        .args([
+            "run",
+            recipe.to_str().unwrap(),
+            "--out",
+            tmp.path().join("o").to_str().unwrap(),
+        ])
+        .args([
+            "--kafka-brokers",
+            &format!("127.0.0.1:{port}"),
+            "--kafka-wait-secs",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("is the broker up?"),
+        "{err}"
+    );
+
+    // With --follow: it keeps retrying, and picks up the broker when it comes.
+    let broker = Broker {
+        port,
+        storage: "memory",
+    };
+    let out_dir = tmp.path().join("f");
+    let addr = broker.addr();
+    let run = Following::start(
+        &recipe,
+        &out_dir,
+        &["--kafka-brokers", &addr, "--kafka-wait-secs", "1"],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    broker.up();
+    produce(
+        &broker,
+        "questions.late",
+        &[("q0", question(&text("questions.late", 0)))],
+    );
+    run.wait_for("rows after the broker came up", |s| {
+        s["dataset"]["rows"] == 1
+    });
+    let log = std::fs::read_to_string(&run.log).unwrap();
+    assert!(
+        log.contains("unreachable") && log.contains("retrying"),
+        "{log}"
+    );
+    run.stop();
+}

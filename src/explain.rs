@@ -1,6 +1,6 @@
 //! `thoughtflow explain`: the dataflow a recipe becomes, as text.
 
-use crate::recipe::{DedupMode, Recipe, SelectSpec, Sizes, StepKind, TeacherKind};
+use crate::recipe::{DedupMode, Recipe, Scorer, SelectSpec, Sizes, StepKind, TeacherKind};
 use std::fmt::Write;
 use thoughtflow_operators::steps::decontam::NgramUnit;
 use thoughtflow_operators::steps::fanout::LookupBy;
@@ -45,11 +45,23 @@ pub fn describe(kind: &StepKind, recipe: &Recipe) -> String {
             scorer,
             as_difficulty,
         } => format!(
-            "score = {}{} (stateless)",
+            "score = {}{}",
             match scorer {
-                Heuristic::Chars => "question length in characters".to_string(),
-                Heuristic::Tokens => "question length in whitespace tokens".to_string(),
-                Heuristic::Constant(c) => format!("constant {c}"),
+                Scorer::Heuristic(Heuristic::Chars) => "question length in characters (stateless)".to_string(),
+                Scorer::Heuristic(Heuristic::Tokens) => "question length in whitespace tokens (stateless)".to_string(),
+                Scorer::Heuristic(Heuristic::Constant(c)) => format!("constant {c} (stateless)"),
+                Scorer::LlmDifficulty { call, prompts } => format!(
+                    "1-10 difficulty graded by endpoint {:?} ({} api, temperature {}, max_tokens {}; rubrics {}); one memoized call per (question text, domain), pending until answered, unparsable grades rejected",
+                    call.endpoint,
+                    call.api.as_str(),
+                    call.sampling.temperature,
+                    call.sampling.max_tokens,
+                    prompts.values().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                Scorer::LlmResponseLength { call } => format!(
+                    "length in characters of one answer from endpoint {:?} (temperature {}, max_tokens {}); one memoized call per question text",
+                    call.endpoint, call.sampling.temperature, call.sampling.max_tokens
+                ),
             },
             if *as_difficulty { ", published as difficulty" } else { "" }
         ),
@@ -89,6 +101,14 @@ pub fn describe(kind: &StepKind, recipe: &Recipe) -> String {
                                 LookupBy::Id => "question id",
                                 LookupBy::Hash => "content hash",
                             }
+                        ),
+                        Some(TeacherKind::OpenAi { call }) => format!(
+                            "{name} (endpoint {:?}, {} api, temperature {}, max_tokens {}, prompt {}; memoized per sample, pending until answered)",
+                            call.endpoint,
+                            call.api.as_str(),
+                            call.sampling.temperature,
+                            call.sampling.max_tokens,
+                            call.prompt.name
                         ),
                         None => name.clone(),
                     }

@@ -8,6 +8,7 @@
 //! - [`runtime`]: the workers, the epoch loop, `--follow`.
 //! - [`ingest`]: JSONL records to questions or rejections; files to upserts.
 //! - [`kafka`]: topics in (per-worker readers), the changelog topic out.
+//! - [`llm`]: OpenAI-compatible scorers and teachers, their cache and service.
 //! - [`store`]: texts and names, out of the dataflow.
 //! - [`teachers`]: replay and synthetic teachers.
 //! - [`sink`]: the dataset shards, changes and audit outputs.
@@ -16,6 +17,7 @@
 pub mod explain;
 pub mod ingest;
 pub mod kafka;
+pub mod llm;
 pub mod recipe;
 pub mod render;
 pub mod runtime;

@@ -7,8 +7,11 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use thoughtflow::llm::cache::Cache;
+use thoughtflow::llm::service::Budget;
+use thoughtflow::llm::Prices;
 use thoughtflow::recipe::{LoadError, Recipe};
-use thoughtflow::runtime::{self, RunOptions};
+use thoughtflow::runtime::{self, LlmOptions, RunOptions};
 
 #[derive(Parser)]
 #[command(
@@ -65,7 +68,72 @@ enum Command {
         /// Seconds the first epoch waits for Kafka topics to be read to their end.
         #[arg(long, default_value_t = 60)]
         kafka_wait_secs: u64,
+        #[command(flatten)]
+        llm: LlmArgs,
+        /// Make no LLM call: count the calls and tokens the recipe would need given the cache
+        /// (placeholder answers let the later steps run), and estimate their cost.
+        #[arg(long)]
+        dry_run: bool,
+        /// Stop issuing new LLM calls after this many (the rest are rejected as not issued).
+        #[arg(long)]
+        max_calls: Option<u64>,
+        /// Stop issuing new LLM calls once this much (USD, from --prices) is spent.
+        #[arg(long)]
+        max_cost: Option<f64>,
     },
+    /// Inspect or trim the LLM call cache.
+    #[command(
+        after_help = "Examples:\n  thoughtflow cache stats\n  thoughtflow cache export --cache .thoughtflow/calls.redb > calls.jsonl\n  thoughtflow cache prune --model old-model"
+    )]
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+        /// The cache file.
+        #[arg(
+            long,
+            global = true,
+            default_value = ".thoughtflow/calls.redb",
+            env = "THOUGHTFLOW_CACHE"
+        )]
+        cache: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Entries, models, tokens and size.
+    Stats,
+    /// Every entry as a JSON line on stdout.
+    Export,
+    /// Remove entries by model and/or age.
+    Prune {
+        /// Remove the entries of this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Remove entries older than this many days.
+        #[arg(long)]
+        older_than_days: Option<f64>,
+    },
+}
+
+/// Where LLM endpoints are and what calls cost (never in a recipe).
+#[derive(clap::Args)]
+struct LlmArgs {
+    /// An LLM endpoint a recipe names: NAME=BASE_URL,model=MODEL[,concurrency=N][,rpm=N]
+    /// [,tpm=N][,timeout=SECS][,retries=N] (repeatable; or THOUGHTFLOW_LLM_<NAME>=...). The API
+    /// key comes from THOUGHTFLOW_LLM_<NAME>_API_KEY or OPENAI_API_KEY.
+    #[arg(long = "llm", value_name = "SPEC")]
+    endpoints: Vec<String>,
+    /// The durable LLM call cache.
+    #[arg(
+        long,
+        default_value = ".thoughtflow/calls.redb",
+        env = "THOUGHTFLOW_CACHE"
+    )]
+    cache: PathBuf,
+    /// Prices per model (TOML: [models."NAME"] input_per_million, output_per_million).
+    #[arg(long, default_value = "pipelines/prices.toml")]
+    prices: PathBuf,
 }
 
 fn init_logging(format: &str) {
@@ -143,6 +211,10 @@ fn run(command: Command) -> Result<ExitCode> {
             mut kafka_options,
             kafka_group,
             kafka_wait_secs,
+            llm,
+            dry_run,
+            max_calls,
+            max_cost,
         } => {
             let r = match load(&recipe) {
                 Ok(r) => r,
@@ -179,9 +251,42 @@ fn run(command: Command) -> Result<ExitCode> {
                     poll: Duration::from_millis(poll_ms),
                     kafka,
                     kafka_wait: Duration::from_secs(kafka_wait_secs),
+                    llm: LlmOptions {
+                        endpoints: thoughtflow::llm::endpoints_from(&llm.endpoints)
+                            .map_err(anyhow::Error::msg)?,
+                        cache: llm.cache,
+                        prices: if llm.prices.exists() {
+                            Prices::load(&llm.prices).map_err(anyhow::Error::msg)?
+                        } else {
+                            Prices::default()
+                        },
+                        budget: Budget {
+                            max_calls,
+                            max_cost,
+                        },
+                        dry_run,
+                    },
                 },
                 stop,
             )?;
+            if let Some(l) = summary.stats.get("llm") {
+                let t = &l["total"];
+                if dry_run {
+                    println!(
+                        "dry run: {} call(s) would be made ({} served from the cache), ~{} prompt + ~{} completion tokens at most",
+                        t["would_call"], t["cached"], t["estimated_prompt_tokens"], t["estimated_completion_tokens"]
+                    );
+                } else {
+                    println!(
+                        "llm: {} call(s) made, {} from the cache, {} failed, {} not issued; {} prompt + {} completion tokens, ${:.4}",
+                        t["done"], t["cached"], t["failed"], t["not_issued"], t["prompt_tokens"], t["completion_tokens"],
+                        t["cost_usd"].as_f64().unwrap_or(0.0)
+                    );
+                }
+                if let Some(why) = l["budget"]["exhausted"].as_str() {
+                    println!("llm budget: {why}: later calls were not issued");
+                }
+            }
             let d = &summary.stats["dataset"];
             println!(
                 "done: {} epoch(s) in {:.2}s: {} rows ({} questions) in {}",
@@ -191,6 +296,80 @@ fn run(command: Command) -> Result<ExitCode> {
                 d["questions"],
                 out.join("dataset").display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache { action, cache } => {
+            if !cache.exists() {
+                anyhow::bail!(
+                    "no call cache at {} (runs create it; --cache names another)",
+                    cache.display()
+                );
+            }
+            let c = Cache::open(&cache)?;
+            match action {
+                CacheAction::Stats => {
+                    let entries = c.entries()?;
+                    let mut by_model: std::collections::BTreeMap<String, (u64, u64, u64)> =
+                        Default::default();
+                    for e in &entries {
+                        let m = by_model.entry(e.model.clone()).or_default();
+                        m.0 += 1;
+                        m.1 += e.completion.prompt_tokens;
+                        m.2 += e.completion.completion_tokens;
+                    }
+                    let size = std::fs::metadata(&cache).map(|m| m.len()).unwrap_or(0);
+                    println!(
+                        "{}: {} entries, {:.1} MiB",
+                        cache.display(),
+                        entries.len(),
+                        size as f64 / (1 << 20) as f64
+                    );
+                    for (model, (n, p, o)) in by_model {
+                        println!("  {model}: {n} answers, {p} prompt + {o} completion tokens");
+                    }
+                }
+                CacheAction::Export => {
+                    use std::io::Write;
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    for e in c.entries()? {
+                        serde_json::to_writer(
+                            &mut out,
+                            &serde_json::json!({
+                                "key": e.key, "model": e.model, "text": e.completion.text,
+                                "finish_reason": e.completion.finish_reason,
+                                "prompt_tokens": e.completion.prompt_tokens,
+                                "completion_tokens": e.completion.completion_tokens,
+                                "created_unix": e.created_unix, "latency_ms": e.latency_ms,
+                            }),
+                        )?;
+                        out.write_all(b"\n")?;
+                    }
+                }
+                CacheAction::Prune {
+                    model,
+                    older_than_days,
+                } => {
+                    if model.is_none() && older_than_days.is_none() {
+                        anyhow::bail!("cache prune needs --model and/or --older-than-days");
+                    }
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    let removed = c.prune(|e| {
+                        let by_model = model.as_ref().is_some_and(|m| &e.model == m);
+                        let by_age = older_than_days.is_some_and(|d| {
+                            (now.saturating_sub(e.created_unix)) as f64 > d * 86400.0
+                        });
+                        !(by_model || by_age)
+                    })?;
+                    println!(
+                        "removed {removed} entr{} from {}",
+                        if removed == 1 { "y" } else { "ies" },
+                        cache.display()
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

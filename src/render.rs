@@ -14,7 +14,11 @@
 //! Every sink's output stream feeds one probe: when it passes an epoch, every worker has
 //! written that epoch.
 
-use crate::recipe::{DedupMode, Recipe, SelectSpec, Sizes, StepKind, TeacherKind};
+use crate::llm::cache::CallKey;
+use crate::llm::service::{Request, ScoreParse, Service, Target};
+use crate::recipe::{
+    DedupMode, LlmCall, Recipe, Scorer, SelectSpec, Sizes, StepKind, TeacherKind, Template,
+};
 use crate::sink::{AuditTable, DatasetShards, Naming, OutDirs, SinkEvent};
 use crate::stats::{tally, StatKey, StatsState};
 use crate::store::Store;
@@ -29,7 +33,8 @@ use std::sync::Arc;
 use thoughtflow_operators::epoch::epoch_unary;
 use thoughtflow_operators::hash;
 use thoughtflow_operators::record::*;
-use thoughtflow_operators::steps::fanout::{self, Answers, LookupKey};
+use thoughtflow_operators::steps::fanout::{self, Answers, LookupBy, LookupKey, Missing};
+use thoughtflow_operators::steps::score::ScoreKey;
 use thoughtflow_operators::steps::select::{GroupBy, GroupKey, GroupSizes, Selection};
 use thoughtflow_operators::steps::{
     answer_dedup, decontam, dedup, length, scoped, score, select, StepOutput,
@@ -45,6 +50,17 @@ pub type Upsert = (QuestionId, Option<Question>, Epoch);
 /// A keyed teacher's answer input.
 pub type AnswerInput = InputSession<Epoch, ((LookupKey, u16), Answer), isize>;
 
+/// An LLM score step's inputs: parsed scores, and the reasons a score could not be had.
+pub type ScoreInputs = (
+    InputSession<Epoch, (ScoreKey, i64), isize>,
+    InputSession<Epoch, (ScoreKey, String), isize>,
+);
+/// An LLM teacher's inputs: answers, and the reasons an answer could not be had.
+pub type TeacherInputs = (
+    AnswerInput,
+    InputSession<Epoch, ((LookupKey, u16), String), isize>,
+);
+
 /// One worker's handles into its dataflow.
 pub struct Handles {
     pub questions: InputHandleVec<Epoch, Upsert>,
@@ -53,6 +69,10 @@ pub struct Handles {
     /// Per teacher: its answer input, for keyed (replay) teachers.
     pub answers: Vec<Option<AnswerInput>>,
     pub ingest_work: InputSession<Epoch, StatKey, isize>,
+    /// Per LLM score step (by step index): where its results enter.
+    pub llm_scores: BTreeMap<u16, ScoreInputs>,
+    /// Per LLM teacher (by teacher index): where its results enter.
+    pub llm_answers: BTreeMap<u16, TeacherInputs>,
     pub probe: ProbeHandle<Epoch>,
     /// Worker 0 only: the accumulated counts.
     pub stats: Option<Rc<RefCell<StatsState>>>,
@@ -68,6 +88,18 @@ impl Handles {
         self.ingest_work.advance_to(epoch);
         for a in self.answers.iter_mut().flatten() {
             a.advance_to(epoch);
+        }
+        for (ok, err) in self.llm_scores.values_mut() {
+            ok.advance_to(epoch);
+            err.advance_to(epoch);
+            ok.flush();
+            err.flush();
+        }
+        for (ok, err) in self.llm_answers.values_mut() {
+            ok.advance_to(epoch);
+            err.advance_to(epoch);
+            ok.flush();
+            err.flush();
         }
         self.questions.flush();
         self.benchmarks.flush();
@@ -115,6 +147,72 @@ pub fn selection(spec: &SelectSpec) -> Selection {
     }
 }
 
+/// An LLM request for one question (and sample).
+fn call_request(
+    call: &LlmCall,
+    model: &str,
+    template: &Template,
+    hash: ContentHash,
+    sample: u16,
+    question: &str,
+    target: Target,
+) -> Request {
+    let key = CallKey {
+        api: call.api,
+        model: model.to_string(),
+        sampling: call.sampling.canonical(),
+        template: template.version(),
+        question: hash,
+        sample,
+    };
+    let seed = (hash::hash64(key.text().as_bytes()) >> 1) as u64;
+    Request {
+        key,
+        endpoint: call.endpoint.clone(),
+        sampling: call.sampling.clone(),
+        seed: Some(seed),
+        prompt: template.render(question),
+        target,
+    }
+}
+
+/// Sends the calls a collection wants to the LLM service, epoch by epoch: an insertion submits
+/// a call (served from the cache when it can be), a retraction cancels one that has not
+/// started. Its (empty) output feeds the probe, so an epoch is done only once its calls are
+/// submitted.
+fn request_sink<'s, D>(
+    wanted: VecCollection<'s, Epoch, D>,
+    service: Arc<Service>,
+    route: fn(&D) -> u64,
+    make: impl Fn(&D) -> Request + 'static,
+) -> VecCollection<'s, Epoch, ()>
+where
+    D: timely::ExchangeData + Ord + Clone,
+{
+    epoch_unary(
+        wanted,
+        Exchange::new(move |u: &(D, Epoch, isize)| route(&u.0)),
+        "LlmRequests",
+        move |_epoch, updates, _out: &mut Vec<((), isize)>| {
+            let mut net: BTreeMap<D, isize> = BTreeMap::new();
+            for (d, r) in updates {
+                *net.entry(d).or_insert(0) += r;
+            }
+            let mut batch = Vec::new();
+            let mut cancel = Vec::new();
+            for (d, r) in net {
+                if r > 0 {
+                    batch.push(make(&d));
+                } else if r < 0 {
+                    cancel.push(make(&d).key.id());
+                }
+            }
+            service.cancel(cancel);
+            service.submit(batch);
+        },
+    )
+}
+
 /// Builds the recipe's dataflow on `worker`.
 pub fn build(
     worker: &mut Worker,
@@ -122,8 +220,10 @@ pub fn build(
     store: &Arc<Store>,
     dirs: &OutDirs,
     kafka: Option<&crate::kafka::KafkaSettings>,
+    llm: Option<&Arc<Service>>,
 ) -> Handles {
     let kafka = kafka.cloned();
+    let llm = llm.cloned();
     let index = worker.index();
     let peers = worker.peers();
     let recipe = Arc::clone(recipe);
@@ -159,12 +259,14 @@ pub fn build(
                     answer_handles.push(Some(h));
                     answer_collections.push(Some(c));
                 }
-                TeacherKind::Synthetic { .. } => {
+                TeacherKind::Synthetic { .. } | TeacherKind::OpenAi { .. } => {
                     answer_handles.push(None);
                     answer_collections.push(None);
                 }
             }
         }
+        let mut llm_scores = BTreeMap::new();
+        let mut llm_answers = BTreeMap::new();
 
         let mut stats = vec![
             ingest_work,
@@ -261,7 +363,55 @@ pub fn build(
                         TeacherKind::Replay { key, .. } => Answers::Keyed {
                             by: *key,
                             answers: answer_collections[t].clone().expect("replay input"),
+                            missing: Missing::Reject,
                         },
+                        TeacherKind::OpenAi { call } => {
+                            let (ah, answers) =
+                                scope.new_collection::<((LookupKey, u16), Answer), isize>();
+                            let (fh, failures) =
+                                scope.new_collection::<((LookupKey, u16), String), isize>();
+                            llm_answers.insert(t as u16, (ah, fh));
+                            let wanted = questions
+                                .clone()
+                                .flat_map(move |(_, q)| {
+                                    (0..samples)
+                                        .map(|s| (q.hash, s, q.text))
+                                        .collect::<Vec<_>>()
+                                })
+                                .distinct();
+                            let service = llm.clone().expect("validated: endpoints configured");
+                            let model = service.model(&call.endpoint).unwrap_or_default();
+                            let call = call.clone();
+                            let texts = Arc::clone(&store);
+                            let teacher = t as u16;
+                            request_sink(
+                                wanted,
+                                service,
+                                |(h, _, _)| h.0 as u64,
+                                move |(hash, sample, text)| {
+                                    let question = texts.text(*text).unwrap_or_default();
+                                    call_request(
+                                        &call,
+                                        &model,
+                                        &call.prompt,
+                                        *hash,
+                                        *sample,
+                                        &question,
+                                        Target::Teacher {
+                                            teacher,
+                                            hash: *hash,
+                                            sample: *sample,
+                                        },
+                                    )
+                                },
+                            )
+                            .probe_with(&probe);
+                            Answers::Keyed {
+                                by: LookupBy::Hash,
+                                answers,
+                                missing: Missing::Pending { failures },
+                            }
+                        }
                     };
                     let out = fanout::fanout(sid, questions, TeacherId(t as u16), samples, answers);
                     rejections.push(out.rejected.clone());
@@ -298,15 +448,64 @@ pub fn build(
                 }
                 StepKind::LengthGuard { max_tokens } => length::length_guard(sid, q, *max_tokens),
                 StepKind::Score {
-                    scorer,
+                    scorer: Scorer::Heuristic(h),
                     as_difficulty,
                 } => StepOutput {
-                    passed: score::score_heuristic(q, *scorer, *as_difficulty),
+                    passed: score::score_heuristic(q, *h, *as_difficulty),
                     rejected: differential_dataflow::collection::concatenate(
                         scope,
                         std::iter::empty(),
                     ),
                 },
+                StepKind::Score {
+                    scorer,
+                    as_difficulty,
+                } => {
+                    let (oh, ok) = scope.new_collection::<(ScoreKey, i64), isize>();
+                    let (eh, err) = scope.new_collection::<(ScoreKey, String), isize>();
+                    llm_scores.insert(i16, (oh, eh));
+                    let (call, prompts, parse) = match scorer {
+                        Scorer::LlmDifficulty { call, prompts } => {
+                            (call.clone(), prompts.clone(), ScoreParse::Difficulty)
+                        }
+                        Scorer::LlmResponseLength { call } => {
+                            (call.clone(), BTreeMap::new(), ScoreParse::Length)
+                        }
+                        Scorer::Heuristic(_) => unreachable!("handled above"),
+                    };
+                    let service = llm.clone().expect("validated: endpoints configured");
+                    let model = service.model(&call.endpoint).unwrap_or_default();
+                    let texts = Arc::clone(&store);
+                    let wanted = q
+                        .clone()
+                        .map(|(_, q)| (q.hash, q.domain, q.text))
+                        .distinct();
+                    request_sink(
+                        wanted,
+                        service,
+                        |(h, _, _)| h.0 as u64,
+                        move |(hash, domain, text)| {
+                            let question = texts.text(*text).unwrap_or_default();
+                            let template = prompts.get(domain).unwrap_or(&call.prompt);
+                            call_request(
+                                &call,
+                                &model,
+                                template,
+                                *hash,
+                                0,
+                                &question,
+                                Target::Score {
+                                    step: i16,
+                                    hash: *hash,
+                                    domain: *domain,
+                                    parse,
+                                },
+                            )
+                        },
+                    )
+                    .probe_with(&probe);
+                    score::score_from(sid, q, ok, err, *as_difficulty)
+                }
                 StepKind::Select(spec) => select::select(sid, q, selection(spec)),
                 StepKind::Dedup { mode } => match mode {
                     DedupMode::Exact => dedup::dedup_exact(sid, q),
@@ -456,6 +655,8 @@ pub fn build(
             ingest_rejections: r_handle,
             answers: answer_handles,
             ingest_work: w_handle,
+            llm_scores,
+            llm_answers,
             probe,
             stats: (index == 0).then_some(state),
             sink_errors,

@@ -9,6 +9,10 @@
 
 use crate::ingest::{BenchmarkTracker, FileTracker};
 use crate::kafka::KafkaSettings;
+use crate::llm::cache::Cache;
+use crate::llm::prompts::parse_difficulty;
+use crate::llm::service::{Budget, ScoreParse, Service, Target};
+use crate::llm::{EndpointConfig, Prices};
 use crate::recipe::{Recipe, TeacherKind};
 use crate::render;
 use crate::sink::{publish_changes, write_atomic, OutDirs};
@@ -16,10 +20,12 @@ use crate::stats::{self, StatKey, StatsContext};
 use crate::store::Store;
 use anyhow::{anyhow, Context, Result};
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use thoughtflow_operators::record::AnswerText;
 use thoughtflow_operators::record::{Answer, Epoch};
 use thoughtflow_operators::steps::fanout::LookupKey;
 
@@ -34,6 +40,18 @@ pub struct RunOptions {
     pub kafka: Option<KafkaSettings>,
     /// How long the first epoch waits for Kafka partitions to be read to their end.
     pub kafka_wait: Duration,
+    /// LLM endpoints (flags/environment), the call cache, prices, budget, dry run.
+    pub llm: LlmOptions,
+}
+
+/// How LLM calls are made.
+#[derive(Clone, Debug, Default)]
+pub struct LlmOptions {
+    pub endpoints: Vec<EndpointConfig>,
+    pub cache: PathBuf,
+    pub prices: Prices,
+    pub budget: Budget,
+    pub dry_run: bool,
 }
 
 /// Partition positions shared by a process's workers (for stats).
@@ -82,15 +100,42 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
         .iter()
         .map(|t| match t.kind {
             TeacherKind::Replay { .. } => crate::teachers::load_replay(t, &store).map(Some),
-            TeacherKind::Synthetic { .. } => Ok(None),
+            TeacherKind::Synthetic { .. } | TeacherKind::OpenAi { .. } => Ok(None),
         })
         .collect::<Result<_>>()?;
     let replay = Arc::new(replay);
+    let wanted = recipe.llm_endpoints();
+    let llm = if wanted.is_empty() {
+        None
+    } else {
+        for (name, at) in &wanted {
+            if !opts.llm.endpoints.iter().any(|e| &e.name == name) {
+                return Err(anyhow!(
+                    "recipe {}: {at} calls endpoint {name:?}, which is not configured: pass --llm {name}=URL,model=MODEL or set THOUGHTFLOW_LLM_{}",
+                    recipe.file.display(),
+                    name.to_ascii_uppercase().replace('-', "_")
+                ));
+            }
+        }
+        let cache = Cache::open(&opts.llm.cache)?;
+        tracing::info!(cache = %opts.llm.cache.display(), entries = cache.len().unwrap_or(0), "llm call cache");
+        Some(
+            Service::start(
+                cache,
+                opts.llm.endpoints.clone(),
+                opts.llm.prices.clone(),
+                opts.llm.budget.clone(),
+                opts.llm.dry_run,
+            )
+            .context("starting the LLM service")?,
+        )
+    };
     let recipe = Arc::new(recipe);
     let workers = opts.workers.max(1);
     tracing::info!(recipe = %recipe.name, workers, follow = opts.follow, out = %dirs.root.display(), "starting run");
 
     let kafka_status: KafkaStatus = Arc::new(Mutex::new(BTreeMap::new()));
+    let llm2 = llm.clone();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         drive(
             worker,
@@ -101,6 +146,7 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
             &replay,
             &stop,
             &kafka_status,
+            llm2.as_ref(),
         )
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
@@ -131,10 +177,12 @@ fn drive(
     replay: &Arc<ReplayAnswers>,
     stop: &Arc<AtomicBool>,
     kafka_status: &KafkaStatus,
+    llm: Option<&Arc<Service>>,
 ) -> std::result::Result<Option<(u64, serde_json::Value)>, String> {
     let index = worker.index();
     let peers = worker.peers();
-    let mut handles = render::build(worker, recipe, store, dirs, opts.kafka.as_ref());
+    let mut handles = render::build(worker, recipe, store, dirs, opts.kafka.as_ref(), llm);
+    let mut inserted: HashSet<([u8; 16], Target)> = HashSet::new();
     #[cfg(feature = "kafka")]
     let mut kafka_in = opts.kafka.as_ref().and_then(|k| {
         crate::kafka::ingest::KafkaIngest::start(k, recipe, index, peers, Arc::clone(kafka_status))
@@ -168,6 +216,7 @@ fn drive(
 
     let mut epoch: Epoch = 0;
     let mut last_stats = serde_json::Value::Null;
+    let mut last_progress = Instant::now();
     loop {
         let epoch_started = Instant::now();
         let mut work = 0isize;
@@ -217,6 +266,9 @@ fn drive(
                 );
             }
         }
+        if let (0, Some(service)) = (index, llm) {
+            work += insert_results(service, &mut handles, store, &mut inserted) as isize;
+        }
         if work > 0 {
             handles.ingest_work.update(StatKey::IngestWork, work);
         }
@@ -246,6 +298,9 @@ fn drive(
                 epochs_run: epoch,
             };
             last_stats = stats::render(&state, &ctx);
+            if let Some(service) = llm {
+                last_stats["llm"] = service.report();
+            }
             #[cfg(feature = "kafka")]
             if opts.kafka.is_some() {
                 let parts: Vec<serde_json::Value> = kafka_status
@@ -275,7 +330,37 @@ fn drive(
                 );
             }
         }
-        if !opts.follow || stop.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        // LLM answers still to come keep a run going (worker 0 inserts them).
+        let awaiting = index == 0 && llm.is_some_and(|s| s.outstanding() > 0);
+        if awaiting {
+            let service = llm.expect("checked");
+            if last_progress.elapsed() >= Duration::from_secs(2) {
+                last_progress = Instant::now();
+                let r = service.report();
+                tracing::info!(
+                    outstanding = service.outstanding(),
+                    done = r["total"]["done"].as_u64().unwrap_or(0),
+                    cached = r["total"]["cached"].as_u64().unwrap_or(0),
+                    failed = r["total"]["failed"].as_u64().unwrap_or(0),
+                    in_flight = r["total"]["in_flight"].as_u64().unwrap_or(0),
+                    queued = r["total"]["queued"].as_u64().unwrap_or(0),
+                    "llm calls"
+                );
+            }
+            // Gather answers for a moment, so that an epoch carries a batch of them.
+            let until = Instant::now() + opts.poll.min(Duration::from_millis(200));
+            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                if service.wait_for_result(Duration::from_millis(20)) && service.outstanding() > 64
+                {
+                    continue;
+                }
+            }
+            continue;
+        }
+        if !opts.follow {
             break;
         }
         let wake = Instant::now() + opts.poll;
@@ -286,4 +371,70 @@ fn drive(
     drop(handles);
     while worker.step_or_park(Some(Duration::from_millis(10))) {}
     Ok((index == 0).then_some((epoch, last_stats)))
+}
+
+/// Moves the LLM service's results into the dataflow (worker 0), each target once; returns
+/// how many entered.
+fn insert_results(
+    service: &Arc<Service>,
+    handles: &mut render::Handles,
+    store: &Store,
+    inserted: &mut HashSet<([u8; 16], Target)>,
+) -> usize {
+    let mut n = 0;
+    for r in service.drain_results() {
+        if !inserted.insert((r.id, r.target.clone())) {
+            continue;
+        }
+        n += 1;
+        match r.target {
+            Target::Score {
+                step,
+                hash,
+                domain,
+                parse,
+            } => {
+                let Some((ok, err)) = handles.llm_scores.get_mut(&step) else {
+                    continue;
+                };
+                let key = (hash, domain);
+                let parsed = r.outcome.and_then(|c| match parse {
+                    ScoreParse::Difficulty => parse_difficulty(&c.text),
+                    ScoreParse::Length => Ok(c.text.chars().count() as i64),
+                });
+                match parsed {
+                    Ok(score) => ok.update((key, score), 1),
+                    Err(why) => err.update((key, why), 1),
+                }
+            }
+            Target::Teacher {
+                teacher,
+                hash,
+                sample,
+            } => {
+                let Some((ok, err)) = handles.llm_answers.get_mut(&teacher) else {
+                    continue;
+                };
+                let key = (LookupKey::Hash(hash), sample);
+                match r.outcome {
+                    Ok(c) => {
+                        let text = thoughtflow_operators::hash::text_ref(&c.text);
+                        store.put_text(text, &c.text);
+                        ok.update(
+                            (
+                                key,
+                                Answer {
+                                    hash: thoughtflow_operators::hash::content_hash(&c.text),
+                                    text: AnswerText::Stored(text),
+                                },
+                            ),
+                            1,
+                        );
+                    }
+                    Err(why) => err.update((key, why), 1),
+                }
+            }
+        }
+    }
+    n
 }

@@ -194,6 +194,8 @@ pub enum Reason {
     Duplicate,
     NoAnswer,
     DuplicateAnswer,
+    ScoreFailed,
+    TeacherFailed,
 }
 
 impl Reason {
@@ -214,6 +216,8 @@ impl Reason {
             Reason::Duplicate => "duplicate",
             Reason::NoAnswer => "no_answer",
             Reason::DuplicateAnswer => "duplicate_answer",
+            Reason::ScoreFailed => "score_failed",
+            Reason::TeacherFailed => "teacher_failed",
         }
     }
 }

@@ -373,6 +373,7 @@ impl Build<FIn, Out> for Fanout {
             Answers::Keyed {
                 by: self.by,
                 answers,
+                missing: fanout::Missing::Reject,
             },
         );
         let (rows, mut rejected) = (out.passed, out.rejected);

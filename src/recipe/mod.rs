@@ -14,6 +14,8 @@
 
 pub mod walk;
 
+pub use crate::llm::client::{Api, Sampling};
+pub use crate::llm::prompts::Template;
 use crate::recipe::walk::{suggest, Issues, Obj, RecipeErrors};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -125,10 +127,37 @@ pub struct ReplayFields {
     pub answer: String,
 }
 
+/// An LLM call as a recipe describes it: which endpoint (resolved by flags), which API, which
+/// sampling, which prompt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlmCall {
+    pub endpoint: String,
+    pub api: Api,
+    pub sampling: Sampling,
+    pub prompt: Template,
+}
+
+/// How a `score` step scores.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scorer {
+    Heuristic(Heuristic),
+    /// A 1-10 grade from an LLM, one rubric per domain.
+    LlmDifficulty {
+        call: LlmCall,
+        prompts: BTreeMap<Domain, Template>,
+    },
+    /// The length in characters of one LLM answer.
+    LlmResponseLength {
+        call: LlmCall,
+    },
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum TeacherKind {
     /// Deterministic text from the question hash and sample index.
     Synthetic { answer_words: u32 },
+    /// An OpenAI-compatible model (endpoint from flags): k samples per question, memoized.
+    OpenAi { call: LlmCall },
     /// Answers read from a JSONL file, keyed by question id or content hash.
     Replay {
         path: PathBuf,
@@ -180,7 +209,7 @@ pub enum StepKind {
         max_tokens: u32,
     },
     Score {
-        scorer: Heuristic,
+        scorer: Scorer,
         as_difficulty: bool,
     },
     Select(SelectSpec),
@@ -313,6 +342,26 @@ impl Recipe {
         self.teachers.iter().position(|t| t.name == name)
     }
 
+    /// The LLM endpoints the recipe calls, with where (key path) each is named.
+    pub fn llm_endpoints(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            if let StepKind::Score {
+                scorer: Scorer::LlmDifficulty { call, .. } | Scorer::LlmResponseLength { call },
+                ..
+            } = &s.kind
+            {
+                out.push((call.endpoint.clone(), format!("steps[{i}] ({})", s.id)));
+            }
+        }
+        for (i, t) in self.teachers.iter().enumerate() {
+            if let TeacherKind::OpenAi { call } = &t.kind {
+                out.push((call.endpoint.clone(), format!("teachers[{i}] ({})", t.name)));
+            }
+        }
+        out
+    }
+
     /// Whether any source, benchmark or sink uses Kafka.
     pub fn uses_kafka(&self) -> bool {
         self.sources
@@ -353,7 +402,7 @@ fn read_recipe(file: &Path, dir: &Path, table: &toml::Table, issues: &Issues) ->
     let sources = read_sources(&root, dir);
     let benchmarks = read_benchmarks(&root, dir);
     let teachers = read_teachers(&root, dir);
-    let steps = read_steps(&root, &sources, &benchmarks, &teachers);
+    let steps = read_steps(&root, dir, &sources, &benchmarks, &teachers);
     let sink = match root.opt_table("sink") {
         Some(s) => {
             let shards = s.opt_int("shards", 1, 4096).unwrap_or(4) as u32;
@@ -560,7 +609,12 @@ fn read_teachers(root: &Obj, dir: &Path) -> Vec<TeacherSpec> {
     let mut out = Vec::new();
     for t in &entries {
         let name = unique_name(t, &mut seen, "teacher");
-        let kind = match t.opt_choice("kind", &["synthetic", "replay"]).as_deref() {
+        let kind = match t
+            .opt_choice("kind", &["synthetic", "replay", "openai"])
+            .as_deref()
+        {
+            Some("openai") => read_llm_call(t, dir, 1.0, 16_800, "teacher.v1.txt")
+                .map(|call| TeacherKind::OpenAi { call }),
             Some("synthetic") => Some(TeacherKind::Synthetic {
                 answer_words: t.opt_int("answer_words", 1, 1_000_000).unwrap_or(300) as u32,
             }),
@@ -598,7 +652,7 @@ fn read_teachers(root: &Obj, dir: &Path) -> Vec<TeacherSpec> {
             }
             _ => {
                 if !t.has("kind") {
-                    t.issue("kind", "missing (required): synthetic or replay");
+                    t.issue("kind", "missing (required): synthetic, replay or openai");
                 }
                 None
             }
@@ -618,6 +672,88 @@ fn read_teachers(root: &Obj, dir: &Path) -> Vec<TeacherSpec> {
         t.finish();
     }
     out
+}
+
+/// The shipped prompt templates, compiled in so that any recipe can use them by default.
+pub fn builtin_template(name: &str) -> Option<Template> {
+    let text = match name {
+        "difficulty-math.v1.txt" => include_str!("../../pipelines/prompts/difficulty-math.v1.txt"),
+        "difficulty-code.v1.txt" => include_str!("../../pipelines/prompts/difficulty-code.v1.txt"),
+        "difficulty-science.v1.txt" => {
+            include_str!("../../pipelines/prompts/difficulty-science.v1.txt")
+        }
+        "answer.v1.txt" => include_str!("../../pipelines/prompts/answer.v1.txt"),
+        "teacher.v1.txt" => include_str!("../../pipelines/prompts/teacher.v1.txt"),
+        _ => return None,
+    };
+    Some(Template {
+        name: name.to_string(),
+        text: text.to_string(),
+    })
+}
+
+fn template_at(obj: &Obj, key: &str, raw: &str, dir: &Path) -> Option<Template> {
+    let path = dir.join(raw);
+    if !path.exists() {
+        if let Some(t) = builtin_template(raw.rsplit('/').next().unwrap_or(raw)) {
+            return Some(t);
+        }
+    }
+    match Template::load(&path) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            obj.issue(key, e);
+            None
+        }
+    }
+}
+
+/// The common keys of an LLM call: `endpoint` (required), `api`, `temperature`,
+/// `max_tokens`, `top_p`, `prompt`.
+fn read_llm_call(
+    obj: &Obj,
+    dir: &Path,
+    temperature: f64,
+    max_tokens: u32,
+    default_prompt: &str,
+) -> Option<LlmCall> {
+    let endpoint = obj.req_str("endpoint");
+    let api = match obj.opt_choice("api", &["chat", "completions"]).as_deref() {
+        Some("completions") => Api::Completions,
+        _ => Api::Chat,
+    };
+    let float = |key: &str, default: f64, min: f64, max: f64| -> f64 {
+        match obj.raw(key) {
+            None => default,
+            Some(toml::Value::Float(f)) if *f >= min && *f <= max => *f,
+            Some(toml::Value::Integer(i)) if (*i as f64) >= min && (*i as f64) <= max => *i as f64,
+            Some(_) => {
+                obj.issue(key, format!("expected a number in {min}..={max}"));
+                default
+            }
+        }
+    };
+    let temperature = float("temperature", temperature, 0.0, 2.0);
+    let top_p = obj.has("top_p").then(|| float("top_p", 1.0, 0.0, 1.0));
+    let max_tokens = obj
+        .opt_int("max_tokens", 1, 1_000_000)
+        .map(|m| m as u32)
+        .unwrap_or(max_tokens);
+    let prompt = match obj.opt_str("prompt") {
+        Some(p) => template_at(obj, "prompt", &p, dir)?,
+        None => builtin_template(default_prompt).unwrap_or_else(Template::plain),
+    };
+    Some(LlmCall {
+        endpoint: endpoint?,
+        api,
+        sampling: Sampling {
+            temperature,
+            max_tokens,
+            top_p,
+            json_schema: None,
+        },
+        prompt,
+    })
 }
 
 fn read_domains(obj: &Obj) -> Option<Vec<Domain>> {
@@ -686,6 +822,7 @@ fn read_sizes(obj: &Obj, per: GroupBy, sources: &[SourceSpec]) -> Sizes {
 
 fn read_steps(
     root: &Obj,
+    dir: &Path,
     sources: &[SourceSpec],
     benchmarks: &[BenchmarkSpec],
     teachers: &[TeacherSpec],
@@ -750,25 +887,66 @@ fn read_steps(
                 }),
             Some("score") => {
                 let scorer = match s
-                    .opt_choice("scorer", &["length_chars", "length_tokens", "constant"])
+                    .opt_choice(
+                        "scorer",
+                        &[
+                            "length_chars",
+                            "length_tokens",
+                            "constant",
+                            "llm_difficulty",
+                            "llm_response_length",
+                        ],
+                    )
                     .as_deref()
                 {
-                    Some("length_chars") => Some(Heuristic::Chars),
-                    Some("length_tokens") => Some(Heuristic::Tokens),
-                    Some("constant") => Some(Heuristic::Constant(
+                    Some("length_chars") => Some(Scorer::Heuristic(Heuristic::Chars)),
+                    Some("length_tokens") => Some(Scorer::Heuristic(Heuristic::Tokens)),
+                    Some("constant") => Some(Scorer::Heuristic(Heuristic::Constant(
                         s.opt_int("value", i64::MIN, i64::MAX).unwrap_or(0),
-                    )),
+                    ))),
+                    Some("llm_difficulty") => {
+                        let mut prompts = BTreeMap::new();
+                        let given = s.opt_table("prompts");
+                        for d in Domain::ALL {
+                            let default = format!("difficulty-{}.v1.txt", d.as_str());
+                            let t = match given
+                                .as_ref()
+                                .and_then(|g| g.opt_str(d.as_str()).map(|p| (g, p)))
+                            {
+                                Some((g, p)) => template_at(g, d.as_str(), &p, dir),
+                                None => builtin_template(&default),
+                            };
+                            if let Some(t) = t {
+                                prompts.insert(d, t);
+                            }
+                        }
+                        if let Some(g) = given {
+                            g.finish();
+                        }
+                        read_llm_call(s, dir, 0.0, 256, "answer.v1.txt").map(|mut call| {
+                            call.sampling.json_schema = s
+                                .opt_bool("structured")
+                                .unwrap_or(true)
+                                .then(crate::llm::prompts::difficulty_schema);
+                            Scorer::LlmDifficulty { call, prompts }
+                        })
+                    }
+                    Some("llm_response_length") => {
+                        read_llm_call(s, dir, 1.0, 4096, "answer.v1.txt")
+                            .map(|call| Scorer::LlmResponseLength { call })
+                    }
                     _ => {
                         if !s.has("scorer") {
                             s.issue(
                                 "scorer",
-                                "missing (required): length_chars, length_tokens or constant",
+                                "missing (required): length_chars, length_tokens, constant, llm_difficulty or llm_response_length",
                             );
                         }
                         None
                     }
                 };
-                let as_difficulty = s.opt_bool("as_difficulty").unwrap_or(false);
+                let default_difficulty = matches!(scorer, Some(Scorer::LlmDifficulty { .. }));
+                let as_difficulty = s.opt_bool("as_difficulty").unwrap_or(default_difficulty);
                 scorer.map(|scorer| StepKind::Score {
                     scorer,
                     as_difficulty,

@@ -52,6 +52,18 @@ pub enum Answers<'s> {
     Keyed {
         by: LookupBy,
         answers: VecCollection<'s, Epoch, ((LookupKey, u16), Answer)>,
+        missing: Missing<'s>,
+    },
+}
+
+/// What a wanted row without an answer means.
+pub enum Missing<'s> {
+    /// The answer does not exist (a replay file): reject the row (`no_answer`).
+    Reject,
+    /// The answer is on its way (an LLM call): the row waits; `failures` holds the reasons of
+    /// calls that failed, which reject their rows (`teacher_failed`).
+    Pending {
+        failures: VecCollection<'s, Epoch, ((LookupKey, u16), String)>,
     },
 }
 
@@ -176,7 +188,11 @@ pub fn fanout<'s>(
                 differential_dataflow::collection::concatenate(scope, std::iter::empty());
             RowOutput { passed, rejected }
         }
-        Answers::Keyed { by, answers } => {
+        Answers::Keyed {
+            by,
+            answers,
+            missing,
+        } => {
             let wanted = questions.flat_map(move |(_, q)| {
                 (0..samples)
                     .map(|s| ((by.key(&q), s), q.clone()))
@@ -187,19 +203,26 @@ pub fn fanout<'s>(
                 .join_map(answers.clone(), move |(_, s), q, a| {
                     row(q, teacher, *s, a.clone())
                 });
-            let rejected =
-                wanted
+            let reject = move |s: u16, q: &Question, reason: Reason, detail: Detail| Rejection {
+                subject: Subject::Row(RowKey {
+                    question: q.id,
+                    teacher,
+                    sample: s,
+                }),
+                step,
+                reason,
+                detail,
+            };
+            let rejected = match missing {
+                Missing::Reject => wanted
                     .antijoin(answers.map(|(k, _)| k).distinct())
-                    .map(move |((_, s), q)| Rejection {
-                        subject: Subject::Row(RowKey {
-                            question: q.id,
-                            teacher,
-                            sample: s,
-                        }),
-                        step,
-                        reason: Reason::NoAnswer,
-                        detail: Detail::None,
-                    });
+                    .map(move |((_, s), q)| reject(s, &q, Reason::NoAnswer, Detail::None)),
+                Missing::Pending { failures } => {
+                    wanted.join_map(failures, move |(_, s), q, why| {
+                        reject(*s, q, Reason::TeacherFailed, Detail::Text(why.clone()))
+                    })
+                }
+            };
             RowOutput { passed, rejected }
         }
     }

@@ -10,7 +10,7 @@
 //! the question, a retracted question retracts its score's effect.
 
 use crate::record::{
-    ContentHash, Detail, Epoch, Question, QuestionId, Reason, Rejection, StepId, Subject,
+    ContentHash, Detail, Domain, Epoch, Question, QuestionId, Reason, Rejection, StepId, Subject,
 };
 use crate::steps::StepOutput;
 use differential_dataflow::VecCollection;
@@ -53,32 +53,33 @@ pub fn score_heuristic<'s>(
     })
 }
 
-/// Scores questions from a `(content hash, score)` collection (memoized LLM answers). Questions
-/// without a score are rejected with `no_score`.
+/// What an LLM score is keyed by: the question's text and its domain (the rubric).
+pub type ScoreKey = (ContentHash, Domain);
+
+/// Scores questions from memoized LLM answers: `scores` holds the parsed scores, `failures`
+/// the reasons a score could not be had (a failed call, an unparsable answer). A question
+/// with neither is pending: it waits, and neither passes nor is rejected.
 pub fn score_from<'s>(
     step: StepId,
     questions: VecCollection<'s, Epoch, (QuestionId, Question)>,
-    scores: VecCollection<'s, Epoch, (ContentHash, i64)>,
+    scores: VecCollection<'s, Epoch, (ScoreKey, i64)>,
+    failures: VecCollection<'s, Epoch, (ScoreKey, String)>,
     as_difficulty: bool,
 ) -> StepOutput<'s> {
-    let by_hash = questions.clone().map(|(id, q)| (q.hash, (id, q)));
-    let passed = by_hash
-        .clone()
-        .join_map(scores.clone(), move |_h, (id, q), s| {
-            let mut q = q.clone();
-            q.score = Some(*s);
-            if as_difficulty {
-                q.difficulty = Some(*s);
-            }
-            (*id, q)
-        });
-    let rejected = by_hash
-        .antijoin(scores.map(|(h, _)| h).distinct())
-        .map(move |(_, (id, _))| Rejection {
-            subject: Subject::Question(id),
-            step,
-            reason: Reason::NoScore,
-            detail: Detail::None,
-        });
+    let by_key = questions.map(|(id, q)| ((q.hash, q.domain), (id, q)));
+    let passed = by_key.clone().join_map(scores, move |_k, (id, q), s| {
+        let mut q = q.clone();
+        q.score = Some(*s);
+        if as_difficulty {
+            q.difficulty = Some(*s);
+        }
+        (*id, q)
+    });
+    let rejected = by_key.join_map(failures, move |_k, (id, _), why| Rejection {
+        subject: Subject::Question(*id),
+        step,
+        reason: Reason::ScoreFailed,
+        detail: Detail::Text(why.clone()),
+    });
     StepOutput { passed, rejected }
 }

@@ -132,7 +132,7 @@ struct LlmArgs {
     )]
     cache: PathBuf,
     /// Prices per model (TOML: [models."NAME"] input_per_million, output_per_million).
-    #[arg(long, default_value = "pipelines/prices.toml")]
+    #[arg(long, default_value = "pipelines/config/prices.toml")]
     prices: PathBuf,
 }
 

@@ -51,12 +51,20 @@ fn assert_reports(recipe: &str, expected: &[(&str, &str)]) {
 
 #[test]
 fn shipped_recipes_are_valid() {
-    for entry in std::fs::read_dir("pipelines").unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|x| x == "toml") {
-            run_ok(&["check", path.to_str().unwrap()]);
+    let mut checked = 0;
+    for dir in ["pipelines", "pipelines/ablations"] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                run_ok(&["check", path.to_str().unwrap()]);
+                checked += 1;
+            }
         }
     }
+    assert!(
+        checked >= 11,
+        "the demo, OpenThoughts3 and 9 ablation recipes"
+    );
 }
 
 #[test]

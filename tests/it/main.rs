@@ -6,5 +6,7 @@ mod check;
 mod follow;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod llm;
 mod recipes;
+mod standin;
 mod util;

@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use differential_dataflow::input::Input;
 use thoughtflow_operators::hash;
 use thoughtflow_operators::record::*;
-use thoughtflow_operators::steps::decontam::{BenchmarkIndex, NgramConfig};
+use thoughtflow_operators::steps::decontam::{BenchmarkIndex, DecontamConfig, NgramConfig};
 use thoughtflow_operators::steps::select::{GroupBy, GroupSizes, Selection};
 use thoughtflow_operators::steps::{dedup, select};
 
@@ -69,7 +69,7 @@ fn hashing(c: &mut Criterion) {
 
 fn ngram_matching(c: &mut Criterion) {
     let texts = demo_texts();
-    let cfg = NgramConfig::default();
+    let cfg = DecontamConfig::ngram_only(NgramConfig::default());
     let items = benchmark_items();
     let index = BenchmarkIndex::build(&cfg, items.iter());
     let mut g = c.benchmark_group("decontaminate");

@@ -26,18 +26,36 @@ fn per(p: GroupBy) -> &'static str {
 /// Describes one step's computation.
 pub fn describe(kind: &StepKind, recipe: &Recipe) -> String {
     match kind {
-        StepKind::Decontaminate { ngram, benchmarks } => format!(
-            "drop questions sharing a {}-{} n-gram with {} (index: benchmark items broadcast to every worker; questions matched on arrival, re-matched when a benchmark arrives)",
-            ngram.n,
-            match ngram.unit {
-                NgramUnit::Word => "word",
-                NgramUnit::Char => "character",
-            },
-            match benchmarks {
-                None => format!("any of the {} benchmark entries", recipe.benchmarks.len()),
-                Some(b) => b.join(", "),
+        StepKind::Decontaminate { config, benchmarks } => {
+            let mut methods = Vec::new();
+            if let Some(ng) = &config.ngram {
+                methods.push(format!(
+                    "sharing a {}-{} n-gram{}{}",
+                    ng.n,
+                    match ng.unit {
+                        NgramUnit::Word => "word",
+                        NgramUnit::Char => "character",
+                    },
+                    if config.skip_numeric { " (number-only n-grams ignored)" } else { "" },
+                    if config.ignored.is_empty() { String::new() } else { format!(" ({} common n-grams ignored)", config.ignored.len()) }
+                ));
             }
-        ),
+            if let Some(f) = &config.fuzzy {
+                methods.push(format!(
+                    "with an Indel ratio >= {} (candidates: shared word {}-grams + length bound; bit-parallel LCS)",
+                    f.threshold(),
+                    f.candidate_ngram
+                ));
+            }
+            format!(
+                "drop questions {} with {} (index: benchmark items broadcast to every worker; questions matched on arrival, re-matched when a benchmark arrives)",
+                methods.join(" or "),
+                match benchmarks {
+                    None => format!("any of the {} benchmark entries", recipe.benchmarks.len()),
+                    Some(b) => b.join(", "),
+                }
+            )
+        }
         StepKind::LengthGuard { max_tokens } => {
             format!("drop questions longer than {max_tokens} whitespace tokens (stateless)")
         }

@@ -429,7 +429,7 @@ pub fn build(
             }
             let out: StepOutput = scoped(current, step.domains.clone(), |q| match &step.kind {
                 StepKind::Decontaminate {
-                    ngram,
+                    config,
                     benchmarks: names,
                 } => {
                     let items = match names.clone() {
@@ -442,7 +442,7 @@ pub fn build(
                     };
                     let texts: Arc<dyn thoughtflow_operators::text::TextLookup> =
                         store.texts.clone();
-                    let m = decontam::ngram_matches(q.clone(), items, ngram.clone(), texts);
+                    let m = decontam::ngram_matches(q.clone(), items, config.clone(), texts);
                     matches_all.push(m.clone());
                     decontam::apply_matches(sid, q, m)
                 }

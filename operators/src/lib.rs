@@ -13,6 +13,7 @@
 //! - [`epoch`]: the operator shape for steps that keep their own per-epoch state.
 
 pub mod epoch;
+pub mod fuzzy;
 pub mod hash;
 pub mod record;
 pub mod steps;

@@ -20,7 +20,7 @@ use crate::recipe::walk::{suggest, Issues, Obj, RecipeErrors};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use thoughtflow_operators::record::Domain;
-use thoughtflow_operators::steps::decontam::{NgramConfig, NgramUnit};
+use thoughtflow_operators::steps::decontam::{DecontamConfig, FuzzyConfig, NgramConfig, NgramUnit};
 use thoughtflow_operators::steps::fanout::LookupBy;
 use thoughtflow_operators::steps::score::Heuristic;
 use thoughtflow_operators::steps::select::GroupBy;
@@ -201,7 +201,7 @@ pub enum DedupMode {
 #[derive(Clone, Debug, PartialEq)]
 pub enum StepKind {
     Decontaminate {
-        ngram: NgramConfig,
+        config: DecontamConfig,
         /// Benchmark names; `None` = all.
         benchmarks: Option<Vec<String>>,
     },
@@ -844,11 +844,43 @@ fn read_steps(
         let domains = read_domains(s);
         let kind = match s.opt_choice("type", STEP_TYPES).as_deref() {
             Some("decontaminate") => {
-                let n = s.opt_int("ngram", 1, 1000).unwrap_or(13) as usize;
+                let n = s.opt_int("ngram", 0, 1000).unwrap_or(13) as usize;
                 let unit = match s.opt_choice("unit", &["word", "char"]).as_deref() {
                     Some("char") => NgramUnit::Char,
                     _ => NgramUnit::Word,
                 };
+                let fuzzy = match s.raw("fuzzy") {
+                    None => None,
+                    Some(toml::Value::Integer(t)) if (1..=100).contains(t) => Some(*t as f64),
+                    Some(toml::Value::Float(t)) if *t > 0.0 && *t <= 100.0 => Some(*t),
+                    Some(_) => {
+                        s.issue("fuzzy", "expected an Indel ratio threshold in 1..=100 (the paper: 75)");
+                        None
+                    }
+                };
+                let candidate_ngram = s.opt_int("fuzzy_candidates", 1, 50).unwrap_or(3) as usize;
+                let normalize = s.opt_bool("fuzzy_normalize").unwrap_or(true);
+                let skip_numeric = s.opt_bool("skip_numeric").unwrap_or(true);
+                let ngram = (n > 0).then_some(NgramConfig { n, unit });
+                let mut ignored = Vec::new();
+                if let Some(file) = s.opt_str("ignore_phrases") {
+                    let path = dir.join(&file);
+                    match std::fs::read_to_string(&path) {
+                        Ok(text) => {
+                            if let Some(ng) = &ngram {
+                                for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                                    ignored.extend(ng.grams(line));
+                                }
+                            }
+                        }
+                        Err(e) => s.issue("ignore_phrases", format!("reading {}: {e}", path.display())),
+                    }
+                }
+                ignored.sort_unstable();
+                ignored.dedup();
+                if ngram.is_none() && fuzzy.is_none() {
+                    s.issue("ngram", "ngram = 0 turns the n-gram method off, and no `fuzzy` threshold is set: nothing would be matched");
+                }
                 let names = s.opt_str_list("benchmarks");
                 if let Some(names) = &names {
                     for n in names {
@@ -870,7 +902,16 @@ fn read_steps(
                     );
                 }
                 Some(StepKind::Decontaminate {
-                    ngram: NgramConfig { n, unit },
+                    config: DecontamConfig {
+                        ngram,
+                        skip_numeric,
+                        ignored,
+                        fuzzy: fuzzy.map(|t| FuzzyConfig {
+                            threshold_bp: (t * 100.0).round() as u32,
+                            candidate_ngram,
+                            normalize,
+                        }),
+                    },
                     benchmarks: names,
                 })
             }

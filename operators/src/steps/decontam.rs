@@ -8,11 +8,22 @@
 //!  questions --antijoin(matched qids)--> passed      questions --join(first match)--> rejected
 //! ```
 //!
-//! **What it computes.** For the accumulated questions Q and benchmark items B: the set of
-//! matches `(q, b)` such that q's n-grams (words of the normalized text by default, `n = 13`)
-//! intersect b's, each with the number of shared n-grams and the first shared span; a question
-//! with at least one match is rejected (`contaminated`, detail = its smallest match), all others
-//! pass unchanged.
+//! **What it computes.** For the accumulated questions Q and benchmark items B, the set of
+//! matches `(q, b, method)`:
+//! - `ngram`: q's n-grams (words of the normalized text by default, `n = 13`; or characters)
+//!   intersect b's, ignoring n-grams made only of numbers (number runs like "2 3 4 ... 14" are
+//!   boilerplate, not contamination) and n-grams of a configured list of common phrases; with the
+//!   number of shared n-grams and the first shared span;
+//! - `fuzzy`: the Indel ratio of q and b (rapidfuzz's `fuzz.ratio`, on normalized text by
+//!   default) is at least the threshold (the paper: 75). Candidates come from an index of the
+//!   items' word n-grams (`candidate_ngram`, default 3) plus every item too short to have one,
+//!   filtered by the length bound the ratio implies (`min/max >= t / (2 - t)`); only candidates
+//!   are verified, with a bit-parallel LCS. The candidate rule is a heuristic: its recall
+//!   against the brute force is measured on real data by the tests (100% there);
+//!   `candidate_ngram = 1` makes it exhaustive for texts sharing any word.
+//!
+//! A question with at least one match is rejected (`contaminated`, detail = its smallest
+//! match), all others pass unchanged.
 //!
 //! **Incrementally.** A new or changed question is matched against the whole index. A benchmark
 //! item that appears is matched against every live question (their texts are re-read from the
@@ -30,6 +41,7 @@
 //! questions the state grows 10x; at 10x the benchmarks only the (small) index grows.
 
 use crate::epoch::{accumulate, epoch_binary};
+use crate::fuzzy::Pattern;
 use crate::hash;
 use crate::record::{
     BenchItem, Detail, Epoch, Match, MatchMethod, Question, QuestionId, Reason, Rejection, StepId,
@@ -78,6 +90,26 @@ impl NgramConfig {
         }
     }
 
+    /// The n-grams of a text that count as evidence: `(position, hash)`, without n-grams made
+    /// only of numbers (with `skip_numeric`) and without the `ignored` ones.
+    pub fn evidence(&self, text: &str, skip_numeric: bool, ignored: &[u64]) -> Vec<(usize, u64)> {
+        let grams = self.grams(text);
+        let numeric: Vec<bool> = if skip_numeric && self.unit == NgramUnit::Word && !grams.is_empty() {
+            let normalized = hash::normalize(text);
+            let words: Vec<bool> = hash::words(&normalized)
+                .map(|w| w.chars().all(|c| c.is_numeric()))
+                .collect();
+            words.windows(self.n).map(|w| w.iter().all(|x| *x)).collect()
+        } else {
+            vec![false; grams.len()]
+        };
+        grams
+            .into_iter()
+            .enumerate()
+            .filter(|(i, g)| !numeric.get(*i).copied().unwrap_or(false) && ignored.binary_search(g).is_err())
+            .collect()
+    }
+
     /// The normalized text of the n-gram at `position`.
     pub fn span(&self, text: &str, position: usize) -> String {
         match self.unit {
@@ -91,27 +123,131 @@ impl NgramConfig {
     }
 }
 
-/// A benchmark n-gram index: every live item and, per n-gram hash, the items that contain it.
+/// Settings of the fuzzy (Indel ratio) matcher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FuzzyConfig {
+    /// The ratio threshold in hundredths of a percent (7500 = 75.00).
+    pub threshold_bp: u32,
+    /// Word n-gram size of the candidate index.
+    pub candidate_ngram: usize,
+    /// Compare normalized texts (NFKC, lowercase, collapsed whitespace) rather than raw ones.
+    pub normalize: bool,
+}
+
+impl FuzzyConfig {
+    pub fn threshold(&self) -> f64 {
+        self.threshold_bp as f64 / 100.0
+    }
+
+    fn prepare(&self, text: &str) -> Vec<char> {
+        if self.normalize {
+            hash::normalize(text).chars().collect()
+        } else {
+            text.chars().collect()
+        }
+    }
+
+    fn candidate_grams(&self, text: &str) -> Vec<u64> {
+        hash::word_ngrams(text, self.candidate_ngram)
+    }
+}
+
+/// The whole decontamination configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecontamConfig {
+    /// The n-gram method; `None` turns it off.
+    pub ngram: Option<NgramConfig>,
+    /// Ignore n-grams made only of numbers.
+    pub skip_numeric: bool,
+    /// n-gram hashes never to count (common phrases), sorted.
+    pub ignored: Vec<u64>,
+    /// The fuzzy method; `None` turns it off.
+    pub fuzzy: Option<FuzzyConfig>,
+}
+
+impl DecontamConfig {
+    /// Only the n-gram method, every n-gram counting.
+    pub fn ngram_only(ngram: NgramConfig) -> Self {
+        DecontamConfig {
+            ngram: Some(ngram),
+            skip_numeric: false,
+            ignored: Vec::new(),
+            fuzzy: None,
+        }
+    }
+}
+
+struct FuzzyIndex {
+    chars: Vec<Vec<char>>,
+    patterns: Vec<Pattern>,
+    by_gram: HashMap<u64, Vec<u32>>,
+    /// Items too short for a candidate n-gram (always candidates).
+    short: Vec<u32>,
+    /// (length in chars, item), sorted: for questions too short for a candidate n-gram.
+    by_len: Vec<(usize, u32)>,
+}
+
+/// A benchmark index: every live item, per n-gram hash the items that contain it, and the
+/// fuzzy candidate index.
 #[derive(Default)]
 pub struct BenchmarkIndex {
     items: Vec<BenchItem>,
     grams: HashMap<u64, Vec<u32>>,
+    fuzzy: Option<FuzzyIndex>,
+}
+
+fn excerpt(text: &str, n: usize) -> String {
+    let t: String = text.chars().take(n).collect();
+    if text.chars().count() > n {
+        format!("{t}...")
+    } else {
+        t
+    }
 }
 
 impl BenchmarkIndex {
     /// Indexes `items` (each once, whatever its multiplicity).
-    pub fn build<'a>(cfg: &NgramConfig, items: impl IntoIterator<Item = &'a BenchItem>) -> Self {
+    pub fn build<'a>(cfg: &DecontamConfig, items: impl IntoIterator<Item = &'a BenchItem>) -> Self {
         let mut index = BenchmarkIndex::default();
+        let mut fuzzy = cfg.fuzzy.as_ref().map(|_| FuzzyIndex {
+            chars: Vec::new(),
+            patterns: Vec::new(),
+            by_gram: HashMap::new(),
+            short: Vec::new(),
+            by_len: Vec::new(),
+        });
         for item in items {
             let at = index.items.len() as u32;
-            let mut seen = HashSet::new();
-            for g in cfg.grams(&item.text) {
-                if seen.insert(g) {
-                    index.grams.entry(g).or_default().push(at);
+            if let Some(ng) = &cfg.ngram {
+                let mut seen = HashSet::new();
+                for (_, g) in ng.evidence(&item.text, cfg.skip_numeric, &cfg.ignored) {
+                    if seen.insert(g) {
+                        index.grams.entry(g).or_default().push(at);
+                    }
                 }
+            }
+            if let (Some(f), Some(fc)) = (fuzzy.as_mut(), cfg.fuzzy.as_ref()) {
+                let chars = fc.prepare(&item.text);
+                let grams = fc.candidate_grams(&item.text);
+                if grams.is_empty() {
+                    f.short.push(at);
+                }
+                let mut seen = HashSet::new();
+                for g in grams {
+                    if seen.insert(g) {
+                        f.by_gram.entry(g).or_default().push(at);
+                    }
+                }
+                f.by_len.push((chars.len(), at));
+                f.patterns.push(Pattern::new(&chars));
+                f.chars.push(chars);
             }
             index.items.push(item.clone());
         }
+        if let Some(f) = fuzzy.as_mut() {
+            f.by_len.sort_unstable();
+        }
+        index.fuzzy = fuzzy;
         index
     }
 
@@ -120,36 +256,74 @@ impl BenchmarkIndex {
     }
 
     /// The matches of one question text against this index.
-    pub fn matches(&self, cfg: &NgramConfig, question: QuestionId, text: &str) -> Vec<Match> {
+    pub fn matches(&self, cfg: &DecontamConfig, question: QuestionId, text: &str) -> Vec<Match> {
         if self.items.is_empty() {
             return Vec::new();
         }
-        let grams = cfg.grams(text);
-        // item -> (first position, distinct shared grams)
-        let mut hits: BTreeMap<u32, (usize, HashSet<u64>)> = BTreeMap::new();
-        for (pos, g) in grams.iter().enumerate() {
-            if let Some(items) = self.grams.get(g) {
-                for &i in items {
-                    hits.entry(i)
-                        .or_insert_with(|| (pos, HashSet::new()))
-                        .1
-                        .insert(*g);
+        let mut out = Vec::new();
+        if let Some(ng) = &cfg.ngram {
+            // item -> (first position, distinct shared grams)
+            let mut hits: BTreeMap<u32, (usize, HashSet<u64>)> = BTreeMap::new();
+            for (pos, g) in ng.evidence(text, cfg.skip_numeric, &cfg.ignored) {
+                if let Some(items) = self.grams.get(&g) {
+                    for &i in items {
+                        hits.entry(i).or_insert_with(|| (pos, HashSet::new())).1.insert(g);
+                    }
                 }
             }
-        }
-        hits.into_iter()
-            .map(|(i, (pos, shared))| {
+            for (i, (pos, shared)) in hits {
                 let item = &self.items[i as usize];
-                Match {
+                out.push(Match {
                     question,
                     bench: item.bench.clone(),
                     item: item.item.clone(),
                     method: MatchMethod::Ngram,
                     score: shared.len() as u32,
-                    span: cfg.span(text, pos),
+                    span: ng.span(text, pos),
+                });
+            }
+        }
+        if let (Some(f), Some(fc)) = (&self.fuzzy, &cfg.fuzzy) {
+            let q = fc.prepare(text);
+            let threshold = fc.threshold();
+            let grams = fc.candidate_grams(text);
+            let mut candidates: BTreeSet<u32> = f.short.iter().copied().collect();
+            if grams.is_empty() {
+                let (lo, hi) = crate::fuzzy::length_range(q.len(), threshold);
+                let start = f.by_len.partition_point(|(l, _)| *l < lo);
+                for (l, i) in &f.by_len[start..] {
+                    if *l > hi {
+                        break;
+                    }
+                    candidates.insert(*i);
                 }
-            })
-            .collect()
+            } else {
+                for g in grams {
+                    if let Some(items) = f.by_gram.get(&g) {
+                        candidates.extend(items.iter().copied());
+                    }
+                }
+            }
+            for i in candidates {
+                let chars = &f.chars[i as usize];
+                if !crate::fuzzy::lengths_allow(chars.len(), q.len(), threshold) {
+                    continue;
+                }
+                let r = f.patterns[i as usize].ratio(&q);
+                if r >= threshold {
+                    let item = &self.items[i as usize];
+                    out.push(Match {
+                        question,
+                        bench: item.bench.clone(),
+                        item: item.item.clone(),
+                        method: MatchMethod::Fuzzy,
+                        score: (r * 100.0).round() as u32,
+                        span: excerpt(&q.iter().collect::<String>(), 120),
+                    });
+                }
+            }
+        }
+        out
     }
 }
 
@@ -160,7 +334,7 @@ impl BenchmarkIndex {
 pub fn ngram_matches<'s>(
     questions: VecCollection<'s, Epoch, (QuestionId, Question)>,
     benchmarks: VecCollection<'s, Epoch, BenchItem>,
-    cfg: NgramConfig,
+    cfg: DecontamConfig,
     texts: Arc<dyn TextLookup>,
 ) -> VecCollection<'s, Epoch, Match> {
     let pairs = questions.map(|(qid, q)| (qid, q.text));
@@ -184,7 +358,7 @@ pub fn ngram_matches<'s>(
 }
 
 struct Matcher {
-    cfg: NgramConfig,
+    cfg: DecontamConfig,
     texts: Arc<dyn TextLookup>,
     /// Live (question, text) pairs and their multiplicities.
     live: HashMap<(QuestionId, TextRef), isize>,
@@ -321,30 +495,51 @@ pub fn apply_matches<'s>(
 }
 
 /// Batch reference: every match between live questions and live items, brute force (every pair
-/// compared through n-gram sets, no index).
+/// compared through n-gram sets and the full Indel ratio, no index).
 pub fn reference_matches(
-    cfg: &NgramConfig,
+    cfg: &DecontamConfig,
     questions: &[(QuestionId, String)],
     items: &[BenchItem],
 ) -> BTreeSet<Match> {
-    let item_grams: Vec<HashSet<u64>> = items
-        .iter()
-        .map(|i| cfg.grams(&i.text).into_iter().collect())
-        .collect();
     let mut out = BTreeSet::new();
-    for (qid, text) in questions {
-        let grams = cfg.grams(text);
-        for (item, set) in items.iter().zip(&item_grams) {
-            let shared: HashSet<u64> = grams.iter().copied().filter(|g| set.contains(g)).collect();
-            if let Some(pos) = grams.iter().position(|g| set.contains(g)) {
-                out.insert(Match {
-                    question: *qid,
-                    bench: item.bench.clone(),
-                    item: item.item.clone(),
-                    method: MatchMethod::Ngram,
-                    score: shared.len() as u32,
-                    span: cfg.span(text, pos),
-                });
+    if let Some(ng) = &cfg.ngram {
+        let item_grams: Vec<HashSet<u64>> = items
+            .iter()
+            .map(|i| ng.evidence(&i.text, cfg.skip_numeric, &cfg.ignored).into_iter().map(|(_, g)| g).collect())
+            .collect();
+        for (qid, text) in questions {
+            let grams = ng.evidence(text, cfg.skip_numeric, &cfg.ignored);
+            for (item, set) in items.iter().zip(&item_grams) {
+                let shared: HashSet<u64> = grams.iter().map(|(_, g)| *g).filter(|g| set.contains(g)).collect();
+                if let Some((pos, _)) = grams.iter().find(|(_, g)| set.contains(g)) {
+                    out.insert(Match {
+                        question: *qid,
+                        bench: item.bench.clone(),
+                        item: item.item.clone(),
+                        method: MatchMethod::Ngram,
+                        score: shared.len() as u32,
+                        span: ng.span(text, *pos),
+                    });
+                }
+            }
+        }
+    }
+    if let Some(fc) = &cfg.fuzzy {
+        for (qid, text) in questions {
+            let q = fc.prepare(text);
+            for item in items {
+                let a = fc.prepare(&item.text);
+                let r = Pattern::new(&a).ratio(&q);
+                if r >= fc.threshold() {
+                    out.insert(Match {
+                        question: *qid,
+                        bench: item.bench.clone(),
+                        item: item.item.clone(),
+                        method: MatchMethod::Fuzzy,
+                        score: (r * 100.0).round() as u32,
+                        span: excerpt(&q.iter().collect::<String>(), 120),
+                    });
+                }
             }
         }
     }

@@ -103,6 +103,20 @@ pub fn describe(kind: &StepKind, recipe: &Recipe) -> String {
             "keep one question per content hash; winner = min (source priority, question id) (reduce per hash)".into()
         }
         StepKind::Dedup { mode: DedupMode::None } => "no dedup (pass-through)".into(),
+        StepKind::Dedup { mode: DedupMode::Near(c) } => format!(
+            "cluster near-duplicates ({}; candidates: MinHash-LSH, {} permutations in {} bands over {}, buckets over {} skipped) transitively; keep min (source priority, question id) per cluster",
+            match c.similarity {
+                thoughtflow_operators::steps::near_dedup::Similarity::Indel { threshold_bp } => format!("Indel ratio >= {}", threshold_bp as f64 / 100.0),
+                thoughtflow_operators::steps::near_dedup::Similarity::Jaccard { threshold_pct, words } => format!("Jaccard of word {words}-grams >= {}", threshold_pct as f64 / 100.0),
+            },
+            c.permutations,
+            c.bands,
+            match c.shingle {
+                thoughtflow_operators::steps::near_dedup::Shingle::Chars(n) => format!("character {n}-grams"),
+                thoughtflow_operators::steps::near_dedup::Shingle::Words(n) => format!("word {n}-grams"),
+            },
+            c.max_bucket
+        ),
         StepKind::Fanout { teachers, samples } => {
             let ts: Vec<String> = teachers
                 .iter()

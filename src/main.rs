@@ -81,6 +81,19 @@ enum Command {
         #[arg(long)]
         max_cost: Option<f64>,
     },
+    /// Why a question was removed: its contamination matches and rejections in an output folder.
+    #[command(
+        after_help = "Example:\n  thoughtflow explain-match out/demo web-math500-verbatim-0"
+    )]
+    ExplainMatch {
+        /// The run's output folder.
+        out: PathBuf,
+        /// The question's id (as in the source).
+        id: String,
+        /// The question's source, when ids repeat across sources.
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Inspect or trim the LLM call cache.
     #[command(
         after_help = "Examples:\n  thoughtflow cache stats\n  thoughtflow cache export --cache .thoughtflow/calls.redb > calls.jsonl\n  thoughtflow cache prune --model old-model"
@@ -296,6 +309,70 @@ fn run(command: Command) -> Result<ExitCode> {
                 d["questions"],
                 out.join("dataset").display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ExplainMatch { out, id, source } => {
+            let is_it = |q: &serde_json::Value| {
+                q["id"] == id.as_str() && source.as_ref().is_none_or(|s| q["source"] == s.as_str())
+            };
+            let read = |path: &std::path::Path| -> Vec<serde_json::Value> {
+                std::fs::read_to_string(path)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            };
+            let matches: Vec<serde_json::Value> = read(&out.join("contamination/matches.jsonl"))
+                .into_iter()
+                .filter(|m| is_it(&m["question"]))
+                .collect();
+            let mut rejections = Vec::new();
+            if let Ok(dir) = std::fs::read_dir(out.join("rejections")) {
+                let mut files: Vec<PathBuf> =
+                    dir.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+                files.sort();
+                for f in files {
+                    rejections.extend(read(&f).into_iter().filter(|r| is_it(&r["row"])));
+                }
+            }
+            if matches.is_empty() && rejections.is_empty() {
+                println!(
+                    "{id}: no contamination match and no rejection in {}",
+                    out.display()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            for m in &matches {
+                println!(
+                    "{}/{}: matches {} item {} by {} (score {}{}): {:?}",
+                    m["question"]["source"].as_str().unwrap_or("?"),
+                    id,
+                    m["benchmark"].as_str().unwrap_or("?"),
+                    m["item"].as_str().unwrap_or("?"),
+                    m["method"].as_str().unwrap_or("?"),
+                    if m["method"] == "fuzzy" {
+                        format!("{:.2}", m["score"].as_f64().unwrap_or(0.0) / 100.0)
+                    } else {
+                        m["score"].to_string()
+                    },
+                    if m["method"] == "fuzzy" {
+                        " Indel ratio"
+                    } else {
+                        " shared n-grams"
+                    },
+                    m["span"].as_str().unwrap_or("")
+                );
+            }
+            for r in &rejections {
+                println!(
+                    "{}/{}: rejected by step {:?}: {} {}",
+                    r["row"]["source"].as_str().unwrap_or("?"),
+                    id,
+                    r["step"].as_str().unwrap_or("?"),
+                    r["reason"].as_str().unwrap_or("?"),
+                    r["detail"]
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { action, cache } => {

@@ -509,6 +509,16 @@ pub fn build(
                 StepKind::Select(spec) => select::select(sid, q, selection(spec)),
                 StepKind::Dedup { mode } => match mode {
                     DedupMode::Exact => dedup::dedup_exact(sid, q),
+                    DedupMode::Near(cfg) => {
+                        let texts: Arc<dyn thoughtflow_operators::text::TextLookup> =
+                            store.texts.clone();
+                        thoughtflow_operators::steps::near_dedup::near_dedup(
+                            sid,
+                            q,
+                            cfg.clone(),
+                            texts,
+                        )
+                    }
                     DedupMode::None => StepOutput {
                         passed: q,
                         rejected: differential_dataflow::collection::concatenate(

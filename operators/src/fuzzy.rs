@@ -101,7 +101,11 @@ impl Pattern {
 pub fn ratio(a: &str, b: &str) -> f64 {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let (short, long) = if a.len() <= b.len() { (&a, &b) } else { (&b, &a) };
+    let (short, long) = if a.len() <= b.len() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
     Pattern::new(short).ratio(long)
 }
 
@@ -122,7 +126,11 @@ pub fn length_range(n: usize, threshold: f64) -> (usize, usize) {
     }
     let t = threshold / 100.0;
     let lo = (n as f64 * t / (2.0 - t)).ceil() as usize;
-    let hi = if t >= 2.0 { n } else { (n as f64 * (2.0 - t) / t).floor() as usize };
+    let hi = if t >= 2.0 {
+        n
+    } else {
+        (n as f64 * (2.0 - t) / t).floor() as usize
+    };
     (lo, hi)
 }
 
@@ -132,7 +140,11 @@ pub fn lcs_reference(a: &[char], b: &[char]) -> usize {
     for x in a {
         let mut cur = vec![0usize; b.len() + 1];
         for (j, y) in b.iter().enumerate() {
-            cur[j + 1] = if x == y { prev[j] + 1 } else { cur[j].max(prev[j + 1]) };
+            cur[j + 1] = if x == y {
+                prev[j] + 1
+            } else {
+                cur[j].max(prev[j + 1])
+            };
         }
         prev = cur;
     }
@@ -152,7 +164,9 @@ mod tests {
         assert_eq!(ratio("abc", ""), 0.0);
         assert_eq!(ratio("abc", "abc"), 100.0);
         // rapidfuzz 3.14: fuzz.ratio("fuzzy wuzzy was a bear", "wuzzy fuzzy was a bear") == 90.909...
-        assert!((ratio("fuzzy wuzzy was a bear", "wuzzy fuzzy was a bear") - 90.909090).abs() < 1e-4);
+        assert!(
+            (ratio("fuzzy wuzzy was a bear", "wuzzy fuzzy was a bear") - 90.909090).abs() < 1e-4
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use thoughtflow_operators::record::*;
-use thoughtflow_operators::steps::decontam::{self, DecontamConfig, FuzzyConfig, NgramConfig, NgramUnit};
+use thoughtflow_operators::steps::decontam::{
+    self, DecontamConfig, FuzzyConfig, NgramConfig, NgramUnit,
+};
 use thoughtflow_operators::steps::fanout::{self, Answers, LookupBy, LookupKey};
 use thoughtflow_operators::steps::select::{self, GroupBy, GroupKey, GroupSizes, Selection};
 use thoughtflow_operators::steps::{answer_dedup, dedup, length, StepOutput};
@@ -476,4 +478,96 @@ fn synthetic_teacher_is_deterministic_and_sized() {
         fanout::synthetic_answer(h, 0, 50),
         fanout::synthetic_answer(h, 0, 50)
     );
+}
+
+// ---- near-duplicate dedup (fuzzy and MinHash), with texts in a store.
+
+use thoughtflow_operators::steps::near_dedup::{self, NearDedupConfig, Shingle, Similarity};
+
+struct NearDedup {
+    cfg: NearDedupConfig,
+    texts: Arc<MemTexts>,
+}
+impl Build<Question, Out> for NearDedup {
+    fn build<'s>(
+        &self,
+        input: VecCollection<'s, Epoch, Question>,
+    ) -> VecCollection<'s, Epoch, Out> {
+        combine(near_dedup::near_dedup(
+            STEP,
+            input.map(|q| (q.id, q)),
+            self.cfg.clone(),
+            self.texts.clone(),
+        ))
+    }
+}
+
+/// Texts built from a few bases and small edits, so that near-duplicates are common.
+fn near_text(base: u8, variant: u8) -> String {
+    const BASES: [&str; 4] = [
+        "how many ways can eight rooks be placed on a chessboard",
+        "find the remainder when two to the tenth is divided by seven",
+        "a train leaves the station at noon going sixty miles an hour",
+        "compute the area of a triangle with sides five five and six",
+    ];
+    let mut t = BASES[base as usize % 4].to_string();
+    match variant {
+        0 => {}
+        1 => t.push_str(" exactly"),
+        2 => t = t.replacen(' ', "  ", 2).to_uppercase(),
+        _ => t = t.replace("the", "a"),
+    }
+    t
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    #[test]
+    fn near_dedup_matches_reference(
+        epochs in prop::collection::vec(prop::collection::vec((0u8..8, proptest::option::weighted(0.8, (0u8..4, 0u8..4, 0u32..2))), 0..6), 1..6),
+        which in 0usize..3,
+    ) {
+        let store = MemTexts::new();
+        let mut by_ref: BTreeMap<TextRef, String> = BTreeMap::new();
+        for (b, v) in (0..4).flat_map(|b| (0..4).map(move |v| (b, v))) {
+            let t = near_text(b, v);
+            by_ref.insert(store.put(&t), t);
+        }
+        let script = upserts_to_updates(&epochs, |k: &u8, (b, v, prio): &(u8, u8, u32)| {
+            let text = near_text(*b, *v);
+            Question {
+                id: QuestionId(*k as u64 * 31),
+                source: SourceId(0),
+                priority: *prio,
+                domain: Domain::Math,
+                hash: thoughtflow_operators::hash::content_hash(&text),
+                text: thoughtflow_operators::hash::text_ref(&text),
+                tokens: 1,
+                chars: text.len() as u32,
+                score: None,
+                difficulty: None,
+            }
+        });
+        let cfg = match which {
+            0 => NearDedupConfig::fuzzy(9000),
+            1 => NearDedupConfig { max_bucket: 1, ..NearDedupConfig::fuzzy(8000) },
+            _ => NearDedupConfig {
+                similarity: Similarity::Jaccard { threshold_pct: 50, words: 2 },
+                shingle: Shingle::Words(2),
+                permutations: 16,
+                bands: 8,
+                max_bucket: 64,
+            },
+        };
+        let inputs = accumulate_script(&script);
+        for workers in [1, 2] {
+            let outputs = run_script(workers, &script, NearDedup { cfg: cfg.clone(), texts: store.clone() });
+            for (epoch, (input, output)) in inputs.iter().zip(&outputs).enumerate() {
+                let live: Vec<Question> = input.keys().cloned().collect();
+                let (p, r) = near_dedup::reference(STEP, &live, &cfg, &|t| by_ref[&t].clone());
+                prop_assert_eq!(output, &expect_questions(p, r), "epoch {} on {} worker(s)", epoch, workers);
+            }
+        }
+    }
 }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use thoughtflow_operators::record::Domain;
 use thoughtflow_operators::steps::decontam::{DecontamConfig, FuzzyConfig, NgramConfig, NgramUnit};
 use thoughtflow_operators::steps::fanout::LookupBy;
+use thoughtflow_operators::steps::near_dedup::{NearDedupConfig, Shingle, Similarity};
 use thoughtflow_operators::steps::score::Heuristic;
 use thoughtflow_operators::steps::select::GroupBy;
 
@@ -192,10 +193,12 @@ pub enum SelectSpec {
     Sample { per: GroupBy, n: Sizes },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DedupMode {
     Exact,
     None,
+    /// Fuzzy (Indel ratio) or MinHash (Jaccard) near-duplicates, clustered.
+    Near(NearDedupConfig),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -586,6 +589,55 @@ fn read_benchmarks(root: &Obj, dir: &Path) -> Vec<BenchmarkSpec> {
     let entries = root.tables("benchmarks");
     let mut out = Vec::new();
     for b in &entries {
+        // `include = "benchmarks.toml"`: the [[benchmarks]] entries of a catalog file.
+        if let Some(file) = b.opt_str("include") {
+            let path = dir.join(&file);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => match toml::from_str::<toml::Table>(&text) {
+                    Ok(table) => {
+                        let issues = Issues::default();
+                        let catalog = Obj::new("", &table, &issues);
+                        let catalog_dir = path.parent().unwrap_or(dir).to_path_buf();
+                        for e in catalog.tables("benchmarks") {
+                            let optional = e.opt_bool("optional").unwrap_or(false);
+                            let _ = e.opt_str("paper");
+                            let _ = e.opt_str("note");
+                            if optional
+                                && e.opt_str("path")
+                                    .is_some_and(|p| !catalog_dir.join(p).exists())
+                            {
+                                continue;
+                            }
+                            if let (Some(name), Some(input)) = (
+                                unique_name(&e, &mut seen, "benchmark"),
+                                read_input(&e, &catalog_dir, true),
+                            ) {
+                                let fields = read_fields(&e, FieldMap::default());
+                                out.push(BenchmarkSpec {
+                                    name,
+                                    input,
+                                    fields,
+                                });
+                            }
+                            e.finish();
+                        }
+                        catalog.finish();
+                        for issue in issues.take() {
+                            b.issue(
+                                "include",
+                                format!("{}: {}: {}", path.display(), issue.key, issue.problem),
+                            );
+                        }
+                    }
+                    Err(e) => b.issue(
+                        "include",
+                        format!("{} is not valid TOML: {}", path.display(), e.message()),
+                    ),
+                },
+                Err(e) => b.issue("include", format!("reading {}: {e}", path.display())),
+            }
+            continue;
+        }
         let name = unique_name(b, &mut seen, "benchmark");
         let input = read_input(b, dir, true);
         let fields = read_fields(b, FieldMap::default());
@@ -854,7 +906,10 @@ fn read_steps(
                     Some(toml::Value::Integer(t)) if (1..=100).contains(t) => Some(*t as f64),
                     Some(toml::Value::Float(t)) if *t > 0.0 && *t <= 100.0 => Some(*t),
                     Some(_) => {
-                        s.issue("fuzzy", "expected an Indel ratio threshold in 1..=100 (the paper: 75)");
+                        s.issue(
+                            "fuzzy",
+                            "expected an Indel ratio threshold in 1..=100 (the paper: 75)",
+                        );
                         None
                     }
                 };
@@ -868,12 +923,18 @@ fn read_steps(
                     match std::fs::read_to_string(&path) {
                         Ok(text) => {
                             if let Some(ng) = &ngram {
-                                for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                                for line in text
+                                    .lines()
+                                    .map(str::trim)
+                                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                                {
                                     ignored.extend(ng.grams(line));
                                 }
                             }
                         }
-                        Err(e) => s.issue("ignore_phrases", format!("reading {}: {e}", path.display())),
+                        Err(e) => {
+                            s.issue("ignore_phrases", format!("reading {}: {e}", path.display()))
+                        }
                     }
                 }
                 ignored.sort_unstable();
@@ -1027,10 +1088,98 @@ fn read_steps(
                     }
                 }
             }
-            Some("dedup") => match s.opt_choice("mode", &["exact", "none"]).as_deref() {
+            Some("dedup") => match s
+                .opt_choice("mode", &["exact", "none", "fuzzy", "minhash"])
+                .as_deref()
+            {
                 Some("none") => Some(StepKind::Dedup {
                     mode: DedupMode::None,
                 }),
+                Some(mode @ ("fuzzy" | "minhash")) => {
+                    let fuzzy = mode == "fuzzy";
+                    let mut cfg = if fuzzy {
+                        NearDedupConfig::fuzzy(9000)
+                    } else {
+                        NearDedupConfig::minhash(80)
+                    };
+                    match s.raw("threshold") {
+                        None => {}
+                        Some(v) => {
+                            let t = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+                            match (t, fuzzy) {
+                                (Some(t), true) if t > 0.0 && t <= 100.0 => {
+                                    cfg.similarity = Similarity::Indel {
+                                        threshold_bp: (t * 100.0).round() as u32,
+                                    }
+                                }
+                                (Some(t), false) if t > 0.0 && t <= 1.0 => {
+                                    cfg.similarity = Similarity::Jaccard {
+                                        threshold_pct: (t * 100.0).round() as u32,
+                                        words: 5,
+                                    }
+                                }
+                                _ => s.issue(
+                                    "threshold",
+                                    if fuzzy {
+                                        "expected an Indel ratio in 1..=100 (default 90)"
+                                    } else {
+                                        "expected a Jaccard similarity in 0..1 (default 0.8)"
+                                    },
+                                ),
+                            }
+                        }
+                    }
+                    if let Some(sh) = s.opt_str("shingle") {
+                        let parsed = sh.split_once(':').and_then(|(kind, n)| {
+                            let n: usize = n.parse().ok().filter(|n| *n >= 1 && *n <= 64)?;
+                            match kind {
+                                "char" => Some(Shingle::Chars(n)),
+                                "word" => Some(Shingle::Words(n)),
+                                _ => None,
+                            }
+                        });
+                        match parsed {
+                            Some(p) => {
+                                cfg.shingle = p;
+                                if let (
+                                    Similarity::Jaccard { threshold_pct, .. },
+                                    Shingle::Words(n),
+                                ) = (cfg.similarity, p)
+                                {
+                                    cfg.similarity = Similarity::Jaccard {
+                                        threshold_pct,
+                                        words: n,
+                                    };
+                                }
+                            }
+                            None => s.issue("shingle", format!("{sh:?} is not char:N or word:N")),
+                        }
+                    }
+                    cfg.permutations = s
+                        .opt_int("permutations", 1, 4096)
+                        .map(|n| n as usize)
+                        .unwrap_or(cfg.permutations);
+                    cfg.bands = s
+                        .opt_int("bands", 1, 4096)
+                        .map(|n| n as usize)
+                        .unwrap_or(cfg.bands);
+                    if cfg.bands > cfg.permutations || cfg.permutations % cfg.bands != 0 {
+                        s.issue(
+                            "bands",
+                            format!(
+                                "bands ({}) must divide permutations ({})",
+                                cfg.bands, cfg.permutations
+                            ),
+                        );
+                    }
+                    cfg.max_bucket = s
+                        .opt_int("max_bucket", 2, 1_000_000)
+                        .map(|n| n as usize)
+                        .unwrap_or(cfg.max_bucket);
+                    Some(StepKind::Dedup {
+                        mode: DedupMode::Near(cfg),
+                    })
+                }
                 _ => Some(StepKind::Dedup {
                     mode: DedupMode::Exact,
                 }),

@@ -66,6 +66,11 @@ impl Issues {
         self.list.borrow().is_empty()
     }
 
+    /// The issues collected so far (emptying the list).
+    pub fn take(&self) -> Vec<Issue> {
+        std::mem::take(&mut *self.list.borrow_mut())
+    }
+
     pub fn into_errors(self, file: &Path) -> RecipeErrors {
         RecipeErrors {
             file: file.to_path_buf(),

@@ -55,7 +55,8 @@ fn shipped_recipes_are_valid() {
     for dir in ["pipelines", "pipelines/ablations"] {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|x| x == "toml") {
+            // benchmarks.toml is a catalog that recipes include, not a recipe.
+            if path.extension().is_some_and(|x| x == "toml") && !path.ends_with("benchmarks.toml") {
                 run_ok(&["check", path.to_str().unwrap()]);
                 checked += 1;
             }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod check;
+mod decontam;
 mod follow;
 #[cfg(feature = "kafka")]
 mod kafka;

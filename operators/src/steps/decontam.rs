@@ -94,19 +94,25 @@ impl NgramConfig {
     /// only of numbers (with `skip_numeric`) and without the `ignored` ones.
     pub fn evidence(&self, text: &str, skip_numeric: bool, ignored: &[u64]) -> Vec<(usize, u64)> {
         let grams = self.grams(text);
-        let numeric: Vec<bool> = if skip_numeric && self.unit == NgramUnit::Word && !grams.is_empty() {
-            let normalized = hash::normalize(text);
-            let words: Vec<bool> = hash::words(&normalized)
-                .map(|w| w.chars().all(|c| c.is_numeric()))
-                .collect();
-            words.windows(self.n).map(|w| w.iter().all(|x| *x)).collect()
-        } else {
-            vec![false; grams.len()]
-        };
+        let numeric: Vec<bool> =
+            if skip_numeric && self.unit == NgramUnit::Word && !grams.is_empty() {
+                let normalized = hash::normalize(text);
+                let words: Vec<bool> = hash::words(&normalized)
+                    .map(|w| w.chars().all(|c| c.is_numeric()))
+                    .collect();
+                words
+                    .windows(self.n)
+                    .map(|w| w.iter().all(|x| *x))
+                    .collect()
+            } else {
+                vec![false; grams.len()]
+            };
         grams
             .into_iter()
             .enumerate()
-            .filter(|(i, g)| !numeric.get(*i).copied().unwrap_or(false) && ignored.binary_search(g).is_err())
+            .filter(|(i, g)| {
+                !numeric.get(*i).copied().unwrap_or(false) && ignored.binary_search(g).is_err()
+            })
             .collect()
     }
 
@@ -267,7 +273,10 @@ impl BenchmarkIndex {
             for (pos, g) in ng.evidence(text, cfg.skip_numeric, &cfg.ignored) {
                 if let Some(items) = self.grams.get(&g) {
                     for &i in items {
-                        hits.entry(i).or_insert_with(|| (pos, HashSet::new())).1.insert(g);
+                        hits.entry(i)
+                            .or_insert_with(|| (pos, HashSet::new()))
+                            .1
+                            .insert(g);
                     }
                 }
             }
@@ -505,12 +514,21 @@ pub fn reference_matches(
     if let Some(ng) = &cfg.ngram {
         let item_grams: Vec<HashSet<u64>> = items
             .iter()
-            .map(|i| ng.evidence(&i.text, cfg.skip_numeric, &cfg.ignored).into_iter().map(|(_, g)| g).collect())
+            .map(|i| {
+                ng.evidence(&i.text, cfg.skip_numeric, &cfg.ignored)
+                    .into_iter()
+                    .map(|(_, g)| g)
+                    .collect()
+            })
             .collect();
         for (qid, text) in questions {
             let grams = ng.evidence(text, cfg.skip_numeric, &cfg.ignored);
             for (item, set) in items.iter().zip(&item_grams) {
-                let shared: HashSet<u64> = grams.iter().map(|(_, g)| *g).filter(|g| set.contains(g)).collect();
+                let shared: HashSet<u64> = grams
+                    .iter()
+                    .map(|(_, g)| *g)
+                    .filter(|g| set.contains(g))
+                    .collect();
                 if let Some((pos, _)) = grams.iter().find(|(_, g)| set.contains(g)) {
                     out.insert(Match {
                         question: *qid,

@@ -11,6 +11,7 @@ pub mod decontam;
 pub mod dedup;
 pub mod fanout;
 pub mod length;
+pub mod near_dedup;
 pub mod score;
 pub mod select;
 

@@ -151,6 +151,18 @@ pub fn describe(kind: &StepKind, recipe: &Recipe) -> String {
                 ts.join(" + ")
             )
         }
+        StepKind::AnswerSelect { keep, k } => format!(
+            "keep the {} {k} answer(s) of each question per teacher (reduce per question)",
+            match keep {
+                thoughtflow_operators::steps::answer_select::Keep::Shortest => "shortest",
+                thoughtflow_operators::steps::answer_select::Keep::Longest => "longest",
+            }
+        ),
+        StepKind::AnswerDecontaminate { config, benchmarks } => format!(
+            "reject rows whose answer {} (the decontamination matcher on answers)",
+            describe(&StepKind::Decontaminate { config: config.clone(), benchmarks: benchmarks.clone() }, recipe)
+                .trim_start_matches("drop questions ")
+        ),
         StepKind::AnswerDedup => {
             "keep one row per (question hash, answer hash) (reduce per pair)".into()
         }

@@ -213,6 +213,74 @@ where
     )
 }
 
+/// The items of the named benchmarks (all when `names` is `None`).
+fn benchmark_subset<'s>(
+    benchmarks: &VecCollection<'s, Epoch, BenchItem>,
+    names: Option<Vec<String>>,
+) -> VecCollection<'s, Epoch, BenchItem> {
+    match names {
+        None => benchmarks.clone(),
+        Some(names) => benchmarks.clone().filter(move |b| {
+            names
+                .iter()
+                .any(|n| b.bench == *n || b.bench.starts_with(&format!("{n}/")))
+        }),
+    }
+}
+
+/// Rejects rows whose answer matches a benchmark item (the decontamination matcher run on
+/// answers: each row is matched as a pseudo-question keyed by its row key).
+fn answer_decontaminate<'s>(
+    step: StepId,
+    rows: VecCollection<'s, Epoch, (RowKey, Row)>,
+    items: VecCollection<'s, Epoch, BenchItem>,
+    config: thoughtflow_operators::steps::decontam::DecontamConfig,
+    store: &Arc<Store>,
+) -> thoughtflow_operators::steps::RowOutput<'s> {
+    let pseudo_id = |k: &RowKey| {
+        let mut b = [0u8; 12];
+        b[..8].copy_from_slice(&k.question.0.to_le_bytes());
+        b[8..10].copy_from_slice(&k.teacher.0.to_le_bytes());
+        b[10..12].copy_from_slice(&k.sample.to_le_bytes());
+        QuestionId(hash::hash64(&b))
+    };
+    let s2 = Arc::clone(store);
+    let keyed = rows.map(move |(k, row)| (pseudo_id(&k), (k, row)));
+    let pseudo = keyed.clone().map(move |(id, (_, row))| {
+        let text = crate::teachers::answer_text(&row.answer, &s2).unwrap_or_default();
+        let tref = hash::text_ref(&text);
+        s2.put_text(tref, &text);
+        (
+            id,
+            Question {
+                id,
+                text: tref,
+                ..row.question
+            },
+        )
+    });
+    let texts: Arc<dyn thoughtflow_operators::text::TextLookup> = store.texts.clone();
+    let matches = decontam::ngram_matches(pseudo, items, config, texts);
+    let first = matches
+        .map(|m| (m.question, (m.bench, m.item)))
+        .reduce(|_id, input, output| output.push((input[0].0.clone(), 1)));
+    let rejected = keyed
+        .clone()
+        .join_map(first.clone(), move |_id, (k, _), (bench, item)| Rejection {
+            subject: Subject::Row(*k),
+            step,
+            reason: Reason::Contaminated,
+            detail: Detail::Contamination {
+                bench: bench.clone(),
+                item: item.clone(),
+            },
+        });
+    let passed = keyed
+        .antijoin(first.map(|(id, _)| id).distinct())
+        .map(|(_, kr)| kr);
+    thoughtflow_operators::steps::RowOutput { passed, rejected }
+}
+
 /// Builds the recipe's dataflow on `worker`.
 pub fn build(
     worker: &mut Worker,
@@ -299,6 +367,28 @@ pub fn build(
                 stats.push(tally(r.clone(), true, move |_| Some(StatKey::Work(i16))));
                 let out = match &step.kind {
                     StepKind::AnswerDedup => answer_dedup::answer_dedup(sid, r),
+                    StepKind::AnswerSelect { keep, k } => {
+                        let s2 = Arc::clone(&store);
+                        let length: Arc<dyn Fn(&Answer) -> u64 + Send + Sync> =
+                            Arc::new(move |a: &Answer| {
+                                crate::teachers::answer_text(a, &s2)
+                                    .map(|t| t.chars().count() as u64)
+                                    .unwrap_or(0)
+                            });
+                        thoughtflow_operators::steps::answer_select::answer_select(
+                            sid, r, *keep, *k, length,
+                        )
+                    }
+                    StepKind::AnswerDecontaminate {
+                        config,
+                        benchmarks: names,
+                    } => answer_decontaminate(
+                        sid,
+                        r,
+                        benchmark_subset(&benchmarks, names.clone()),
+                        config.clone(),
+                        &store,
+                    ),
                     other => unreachable!("validated: {} is not a row step", other.type_name()),
                 };
                 stats.push(tally(out.passed.clone(), false, move |_| {
@@ -527,7 +617,10 @@ pub fn build(
                         ),
                     },
                 },
-                StepKind::Fanout { .. } | StepKind::AnswerDedup => unreachable!("handled above"),
+                StepKind::Fanout { .. }
+                | StepKind::AnswerDedup
+                | StepKind::AnswerSelect { .. }
+                | StepKind::AnswerDecontaminate { .. } => unreachable!("handled above"),
             });
             stats.push(tally(out.passed.clone(), false, move |_| {
                 Some(StatKey::StepOut(i16))

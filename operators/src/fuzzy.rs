@@ -56,24 +56,55 @@ impl Pattern {
         let zeros = vec![0u64; self.words];
         let mut v = vec![u64::MAX; self.words];
         for c in text {
-            let masks: &[u64] = if (*c as u32) < 128 {
-                let at = *c as usize * self.words;
-                &self.ascii[at..at + self.words]
-            } else {
-                match self.other.get(c) {
-                    Some(m) => m,
-                    None => &zeros,
-                }
-            };
-            let mut carry = 0u64;
-            for (vw, m) in v.iter_mut().zip(masks) {
-                let u = *vw & m;
-                let (s1, c1) = vw.overflowing_add(u);
-                let (s2, c2) = s1.overflowing_add(carry);
-                carry = (c1 | c2) as u64;
-                *vw = s2 | (*vw - u);
+            self.step(&mut v, *c, &zeros);
+        }
+        self.zeros(&v)
+    }
+
+    /// The Indel ratio with `text` if it is at least `threshold`: the scan stops as soon as the
+    /// characters left cannot lift the LCS to the needed length.
+    pub fn ratio_at_least(&self, text: &[char], threshold: f64) -> Option<f64> {
+        let total = self.len + text.len();
+        if total == 0 {
+            return (threshold <= 100.0).then_some(100.0);
+        }
+        let needed = (threshold / 100.0 * total as f64 / 2.0).ceil() as usize;
+        if needed > self.len.min(text.len()) {
+            return None;
+        }
+        let zeros = vec![0u64; self.words];
+        let mut v = vec![u64::MAX; self.words];
+        for (i, c) in text.iter().enumerate() {
+            self.step(&mut v, *c, &zeros);
+            if i % 32 == 31 && self.zeros(&v) + (text.len() - i - 1) < needed {
+                return None;
             }
         }
+        let lcs = self.zeros(&v);
+        let r = 100.0 * (2 * lcs) as f64 / total as f64;
+        (r >= threshold).then_some(r)
+    }
+
+    /// One column of the bit-parallel LCS (Hyyrö): folds character `c` into the row vector.
+    #[inline]
+    fn step(&self, v: &mut [u64], c: char, zeros: &[u64]) {
+        let masks: &[u64] = if (c as u32) < 128 {
+            let at = c as usize * self.words;
+            &self.ascii[at..at + self.words]
+        } else {
+            self.other.get(&c).map(|m| m.as_slice()).unwrap_or(zeros)
+        };
+        let mut carry = 0u64;
+        for (vw, m) in v.iter_mut().zip(masks) {
+            let u = *vw & m;
+            let (s1, c1) = vw.overflowing_add(u);
+            let (s2, c2) = s1.overflowing_add(carry);
+            carry = (c1 | c2) as u64;
+            *vw = s2 | (*vw - u);
+        }
+    }
+
+    fn zeros(&self, v: &[u64]) -> usize {
         let mut lcs = 0usize;
         for (w, vw) in v.iter().enumerate() {
             let valid = if (w + 1) * 64 <= self.len {
@@ -177,6 +208,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn early_exit_agrees_with_the_full_ratio(
+            a in proptest::collection::vec(prop_oneof![Just('a'), Just('b'), Just('c')], 0..150),
+            b in proptest::collection::vec(prop_oneof![Just('a'), Just('b'), Just('c')], 0..150),
+            t in 0.0f64..100.0,
+        ) {
+            let p = Pattern::new(&a);
+            let full = p.ratio(&b);
+            prop_assert_eq!(p.ratio_at_least(&b, t), (full >= t).then_some(full));
+        }
+
         #[test]
         fn bit_parallel_lcs_equals_dynamic_programming(
             a in proptest::collection::vec(prop_oneof![Just('a'), Just('b'), Just('c'), Just('é'), Just('字')], 0..200),

@@ -103,13 +103,16 @@ pub fn words(normalized: &str) -> impl Iterator<Item = &str> {
         .filter(|w| !w.is_empty())
 }
 
+/// The hash of one (normalized) word.
+pub fn word_hash(word: &str) -> u64 {
+    xxh3_64_with_seed(word.as_bytes(), SEED_WORD)
+}
+
 /// Hashes of the word n-grams of a raw text (normalized first). Texts with fewer than `n`
 /// words have none.
 pub fn word_ngrams(text: &str, n: usize) -> Vec<u64> {
     let normalized = normalize(text);
-    let word_hashes: Vec<u64> = words(&normalized)
-        .map(|w| xxh3_64_with_seed(w.as_bytes(), SEED_WORD))
-        .collect();
+    let word_hashes: Vec<u64> = words(&normalized).map(word_hash).collect();
     ngrams_of_hashes(&word_hashes, n)
 }
 

@@ -14,7 +14,7 @@ use thoughtflow_operators::steps::decontam::{
 };
 use thoughtflow_operators::steps::fanout::{self, Answers, LookupBy, LookupKey};
 use thoughtflow_operators::steps::select::{self, GroupBy, GroupKey, GroupSizes, Selection};
-use thoughtflow_operators::steps::{answer_dedup, dedup, length, StepOutput};
+use thoughtflow_operators::steps::{answer_dedup, answer_select, dedup, length, StepOutput};
 use thoughtflow_operators::testing::{
     accumulate_script, bag, run_script, upserts_to_updates, Bag, Build,
 };
@@ -370,6 +370,12 @@ struct Fanout {
     by: LookupBy,
     samples: u16,
     dedup_answers: bool,
+    select: Option<(answer_select::Keep, usize)>,
+}
+
+/// Answer length for the `answer_select` property: few values, so ties are common.
+fn answer_len(a: &Answer) -> u64 {
+    (a.hash.0 % 3) as u64
 }
 impl Build<FIn, Out> for Fanout {
     fn build<'s>(&self, input: VecCollection<'s, Epoch, FIn>) -> VecCollection<'s, Epoch, Out> {
@@ -399,6 +405,20 @@ impl Build<FIn, Out> for Fanout {
             d.passed
         } else {
             rows
+        };
+        let rows = match self.select {
+            Some((keep, k)) => {
+                let s = answer_select::answer_select(
+                    StepId(5),
+                    rows,
+                    keep,
+                    k,
+                    std::sync::Arc::new(answer_len),
+                );
+                rejected = rejected.concat(s.rejected);
+                s.passed
+            }
+            None => rows,
         };
         rows.map(|(k, r)| Out::Row(k, r))
             .concat(rejected.map(Out::Rejected))
@@ -445,11 +465,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
 
     #[test]
-    fn fanout_and_answer_dedup_match_reference(script in fanout_script(), by_hash in any::<bool>(), samples in 1u16..4, dedup_answers in any::<bool>()) {
+    fn fanout_and_answer_steps_match_reference(script in fanout_script(), by_hash in any::<bool>(), samples in 1u16..4, dedup_answers in any::<bool>(), select in proptest::option::of((any::<bool>(), 0usize..3))) {
+        let select = select.map(|(longest, k)| (if longest { answer_select::Keep::Longest } else { answer_select::Keep::Shortest }, k));
         let by = if by_hash { LookupBy::Hash } else { LookupBy::Id };
         let inputs = accumulate_script(&script);
         for workers in [1, 2] {
-            let outputs = run_script(workers, &script, Fanout { by, samples, dedup_answers });
+            let outputs = run_script(workers, &script, Fanout { by, samples, dedup_answers, select });
             for (epoch, (input, output)) in inputs.iter().zip(&outputs).enumerate() {
                 let qs: Vec<Question> = input.keys().filter_map(|d| match d { FIn::Q(q) => Some(q.clone()), _ => None }).collect();
                 let mut answers: BTreeMap<(LookupKey, u16), Vec<Answer>> = BTreeMap::new();
@@ -460,6 +481,14 @@ proptest! {
                     rejected.extend(r);
                     p
                 } else { rows };
+                let rows = match select {
+                    Some((keep, k)) => {
+                        let (p, r) = answer_select::reference(StepId(5), &rows, keep, k, &answer_len);
+                        rejected.extend(r);
+                        p
+                    }
+                    None => rows,
+                };
                 let expected = bag(rows.into_iter().map(|r| Out::Row(r.key, r)).chain(rejected.into_iter().map(Out::Rejected)));
                 prop_assert_eq!(output, &expected, "epoch {} on {} worker(s)", epoch, workers);
             }

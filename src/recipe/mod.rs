@@ -20,6 +20,7 @@ use crate::recipe::walk::{suggest, Issues, Obj, RecipeErrors};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use thoughtflow_operators::record::Domain;
+use thoughtflow_operators::steps::answer_select::Keep;
 use thoughtflow_operators::steps::decontam::{DecontamConfig, FuzzyConfig, NgramConfig, NgramUnit};
 use thoughtflow_operators::steps::fanout::LookupBy;
 use thoughtflow_operators::steps::near_dedup::{NearDedupConfig, Shingle, Similarity};
@@ -224,6 +225,16 @@ pub enum StepKind {
         samples: u16,
     },
     AnswerDedup,
+    /// Keep the shortest or longest k answers of each question.
+    AnswerSelect {
+        keep: Keep,
+        k: usize,
+    },
+    /// Reject rows whose answer matches a benchmark item.
+    AnswerDecontaminate {
+        config: DecontamConfig,
+        benchmarks: Option<Vec<String>>,
+    },
 }
 
 impl StepKind {
@@ -236,12 +247,19 @@ impl StepKind {
             StepKind::Dedup { .. } => "dedup",
             StepKind::Fanout { .. } => "fanout",
             StepKind::AnswerDedup => "answer_dedup",
+            StepKind::AnswerSelect { .. } => "answer_select",
+            StepKind::AnswerDecontaminate { .. } => "answer_decontaminate",
         }
     }
 
     /// Row steps come after the fan-out; question steps before.
     pub fn is_row_step(&self) -> bool {
-        matches!(self, StepKind::AnswerDedup)
+        matches!(
+            self,
+            StepKind::AnswerDedup
+                | StepKind::AnswerSelect { .. }
+                | StepKind::AnswerDecontaminate { .. }
+        )
     }
 }
 
@@ -290,6 +308,8 @@ pub const STEP_TYPES: &[&str] = &[
     "dedup",
     "fanout",
     "answer_dedup",
+    "answer_select",
+    "answer_decontaminate",
 ];
 
 /// Loading failed: the file could not be read, or the recipe has problems.
@@ -808,6 +828,92 @@ fn read_llm_call(
     })
 }
 
+fn read_decontam(
+    s: &Obj,
+    dir: &Path,
+    benchmarks: &[BenchmarkSpec],
+) -> (DecontamConfig, Option<Vec<String>>) {
+    {
+        let n = s.opt_int("ngram", 0, 1000).unwrap_or(13) as usize;
+        let unit = match s.opt_choice("unit", &["word", "char"]).as_deref() {
+            Some("char") => NgramUnit::Char,
+            _ => NgramUnit::Word,
+        };
+        let fuzzy = match s.raw("fuzzy") {
+            None => None,
+            Some(toml::Value::Integer(t)) if (1..=100).contains(t) => Some(*t as f64),
+            Some(toml::Value::Float(t)) if *t > 0.0 && *t <= 100.0 => Some(*t),
+            Some(_) => {
+                s.issue(
+                    "fuzzy",
+                    "expected an Indel ratio threshold in 1..=100 (the paper: 75)",
+                );
+                None
+            }
+        };
+        let candidate_ngram = s.opt_int("fuzzy_candidates", 1, 50).unwrap_or(3) as usize;
+        let normalize = s.opt_bool("fuzzy_normalize").unwrap_or(true);
+        let skip_numeric = s.opt_bool("skip_numeric").unwrap_or(true);
+        let ngram = (n > 0).then_some(NgramConfig { n, unit });
+        let mut ignored = Vec::new();
+        if let Some(file) = s.opt_str("ignore_phrases") {
+            let path = dir.join(&file);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    if let Some(ng) = &ngram {
+                        for line in text
+                            .lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        {
+                            ignored.extend(ng.grams(line));
+                        }
+                    }
+                }
+                Err(e) => s.issue("ignore_phrases", format!("reading {}: {e}", path.display())),
+            }
+        }
+        ignored.sort_unstable();
+        ignored.dedup();
+        if ngram.is_none() && fuzzy.is_none() {
+            s.issue("ngram", "ngram = 0 turns the n-gram method off, and no `fuzzy` threshold is set: nothing would be matched");
+        }
+        let names = s.opt_str_list("benchmarks");
+        if let Some(names) = &names {
+            for n in names {
+                if !benchmarks.iter().any(|b| &b.name == n) {
+                    s.issue(
+                        "benchmarks",
+                        format!(
+                            "no benchmark named {n:?}{}",
+                            suggest(n, benchmarks.iter().map(|b| b.name.as_str()))
+                        ),
+                    );
+                }
+            }
+        }
+        if benchmarks.is_empty() {
+            s.issue(
+                "type",
+                "decontaminate needs at least one [[benchmarks]] entry",
+            );
+        }
+        (
+            DecontamConfig {
+                ngram,
+                skip_numeric,
+                ignored,
+                fuzzy: fuzzy.map(|t| FuzzyConfig {
+                    threshold_bp: (t * 100.0).round() as u32,
+                    candidate_ngram,
+                    normalize,
+                }),
+            },
+            names,
+        )
+    }
+}
+
 fn read_domains(obj: &Obj) -> Option<Vec<Domain>> {
     let list = obj.opt_str_list("domains")?;
     let mut out = Vec::new();
@@ -896,85 +1002,52 @@ fn read_steps(
         let domains = read_domains(s);
         let kind = match s.opt_choice("type", STEP_TYPES).as_deref() {
             Some("decontaminate") => {
-                let n = s.opt_int("ngram", 0, 1000).unwrap_or(13) as usize;
-                let unit = match s.opt_choice("unit", &["word", "char"]).as_deref() {
-                    Some("char") => NgramUnit::Char,
-                    _ => NgramUnit::Word,
-                };
-                let fuzzy = match s.raw("fuzzy") {
-                    None => None,
-                    Some(toml::Value::Integer(t)) if (1..=100).contains(t) => Some(*t as f64),
-                    Some(toml::Value::Float(t)) if *t > 0.0 && *t <= 100.0 => Some(*t),
-                    Some(_) => {
-                        s.issue(
-                            "fuzzy",
-                            "expected an Indel ratio threshold in 1..=100 (the paper: 75)",
-                        );
-                        None
-                    }
-                };
-                let candidate_ngram = s.opt_int("fuzzy_candidates", 1, 50).unwrap_or(3) as usize;
-                let normalize = s.opt_bool("fuzzy_normalize").unwrap_or(true);
-                let skip_numeric = s.opt_bool("skip_numeric").unwrap_or(true);
-                let ngram = (n > 0).then_some(NgramConfig { n, unit });
-                let mut ignored = Vec::new();
-                if let Some(file) = s.opt_str("ignore_phrases") {
-                    let path = dir.join(&file);
-                    match std::fs::read_to_string(&path) {
-                        Ok(text) => {
-                            if let Some(ng) = &ngram {
-                                for line in text
-                                    .lines()
-                                    .map(str::trim)
-                                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                                {
-                                    ignored.extend(ng.grams(line));
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            s.issue("ignore_phrases", format!("reading {}: {e}", path.display()))
-                        }
-                    }
-                }
-                ignored.sort_unstable();
-                ignored.dedup();
-                if ngram.is_none() && fuzzy.is_none() {
-                    s.issue("ngram", "ngram = 0 turns the n-gram method off, and no `fuzzy` threshold is set: nothing would be matched");
-                }
-                let names = s.opt_str_list("benchmarks");
-                if let Some(names) = &names {
-                    for n in names {
-                        if !benchmarks.iter().any(|b| &b.name == n) {
-                            s.issue(
-                                "benchmarks",
-                                format!(
-                                    "no benchmark named {n:?}{}",
-                                    suggest(n, benchmarks.iter().map(|b| b.name.as_str()))
-                                ),
-                            );
-                        }
-                    }
-                }
-                if benchmarks.is_empty() {
-                    s.issue(
-                        "type",
-                        "decontaminate needs at least one [[benchmarks]] entry",
-                    );
-                }
+                let (config, names) = read_decontam(s, dir, benchmarks);
                 Some(StepKind::Decontaminate {
-                    config: DecontamConfig {
-                        ngram,
-                        skip_numeric,
-                        ignored,
-                        fuzzy: fuzzy.map(|t| FuzzyConfig {
-                            threshold_bp: (t * 100.0).round() as u32,
-                            candidate_ngram,
-                            normalize,
-                        }),
-                    },
+                    config,
                     benchmarks: names,
                 })
+            }
+            Some("answer_decontaminate") => {
+                if fanout_at.is_none() {
+                    s.issue(
+                        "type",
+                        "answer_decontaminate works on answers: put it after the fanout step",
+                    );
+                }
+                let (config, names) = read_decontam(s, dir, benchmarks);
+                Some(StepKind::AnswerDecontaminate {
+                    config,
+                    benchmarks: names,
+                })
+            }
+            Some("answer_select") => {
+                if fanout_at.is_none() {
+                    s.issue(
+                        "type",
+                        "answer_select works on answers: put it after the fanout step",
+                    );
+                }
+                let keep = match s.opt_choice("keep", &["shortest", "longest"]).as_deref() {
+                    Some("longest") => Keep::Longest,
+                    Some(_) => Keep::Shortest,
+                    None => {
+                        if !s.has("keep") {
+                            s.issue("keep", "missing (required): shortest or longest");
+                        }
+                        Keep::Shortest
+                    }
+                };
+                let k = s.opt_int("k", 1, 1024).unwrap_or_else(|| {
+                    if !s.has("k") {
+                        s.issue(
+                            "k",
+                            "missing (required): how many answers per question to keep",
+                        );
+                    }
+                    1
+                }) as usize;
+                Some(StepKind::AnswerSelect { keep, k })
             }
             Some("length_guard") => s
                 .opt_int("max_tokens", 1, u32::MAX as i64)

@@ -97,7 +97,7 @@ type = \"filter\"
         &[
             (
                 "steps[0].mode",
-                "\"exakt\" is not one of exact, none (did you mean \"exact\"?)",
+                "\"exakt\" is not one of exact, none, fuzzy, minhash (did you mean \"exact\"?)",
             ),
             ("steps[1].max_tokens", "expected an integer, got a string"),
             (

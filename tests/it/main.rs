@@ -1,6 +1,7 @@
 //! thoughtflow's integration tests: one binary, each module one concern, all through the real
 //! `thoughtflow` executable.
 
+mod answers;
 mod bad_input;
 mod check;
 mod decontam;

@@ -7,6 +7,7 @@
 //! `(RowKey, Row)` after the teacher fan-out.
 
 pub mod answer_dedup;
+pub mod answer_select;
 pub mod decontam;
 pub mod dedup;
 pub mod fanout;

@@ -224,7 +224,12 @@ pub fn explain(recipe: &Recipe) -> String {
     let _ = writeln!(o, "     v");
     let _ = writeln!(
         o,
-        "  [sink] dataset/part-*.jsonl ({} shards by question id), changes/EPOCH.jsonl, rejections/<step>.jsonl, contamination/matches.jsonl, stats.json",
+        "  [sink] dataset/part-*.{} ({} shards by content-hash range) + manifest.json, changes/EPOCH.jsonl, rejections/<step>.jsonl, contamination/matches.jsonl, stats.json",
+        match recipe.sink.format {
+            crate::recipe::SinkFormat::Jsonl => "jsonl",
+            crate::recipe::SinkFormat::Parquet => "parquet",
+            crate::recipe::SinkFormat::Both => "{jsonl,parquet}",
+        },
         recipe.sink.shards
     );
     if let Some(k) = &recipe.sink.kafka {

@@ -8,6 +8,9 @@
 //! or rewritten file into upserts keyed by question id: every record is an upsert, and an id
 //! that a rewritten (or deleted) file no longer holds becomes a tombstone. A file's earlier
 //! rejections are retracted when it is rewritten. An id belongs to the last file that sent it.
+//!
+//! [`BenchmarkTracker`] does the same for benchmark items, from `.jsonl`, `.json` (a top-level
+//! array of objects) and `.parquet` files ([`benchmark_records`]).
 
 use crate::recipe::{BenchmarkSpec, FieldMap, SourceSpec};
 use crate::store::Store;
@@ -176,6 +179,16 @@ pub fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
 
 /// The files a path stands for: the file itself, or the `*.jsonl` files of a folder (sorted).
 pub fn list_files(path: &Path) -> Vec<PathBuf> {
+    list_files_with(path, &["jsonl", "json"])
+}
+
+/// The files a benchmark path stands for: the file itself, or the `*.jsonl`, `*.json` and
+/// `*.parquet` files of a folder (sorted).
+pub fn list_benchmark_files(path: &Path) -> Vec<PathBuf> {
+    list_files_with(path, &["jsonl", "json", "parquet"])
+}
+
+fn list_files_with(path: &Path, extensions: &[&str]) -> Vec<PathBuf> {
     if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map(|entries| {
@@ -183,7 +196,9 @@ pub fn list_files(path: &Path) -> Vec<PathBuf> {
                     .filter_map(|e| e.ok())
                     .map(|e| e.path())
                     .filter(|p| {
-                        p.is_file() && p.extension().is_some_and(|x| x == "jsonl" || x == "json")
+                        p.is_file()
+                            && p.extension()
+                                .is_some_and(|x| extensions.iter().any(|e| x == *e))
                     })
                     .collect()
             })
@@ -410,7 +425,7 @@ impl BenchmarkTracker {
             .spec
             .input
             .path()
-            .map(list_files)
+            .map(list_benchmark_files)
             .unwrap_or_default()
             .into_iter()
             .filter(|p| owner(p, peers) == worker)
@@ -437,13 +452,8 @@ impl BenchmarkTracker {
             };
             let bench = self.bench_name(&path);
             let mut by_id: BTreeMap<String, BenchItem> = BTreeMap::new();
-            for (line, record) in lines(&bytes) {
-                let parsed = parse_object(record, 64 << 20).and_then(|obj| {
-                    let item = field_string(&obj, &self.spec.fields.id)?;
-                    let text = field_string(&obj, &self.spec.fields.question)?;
-                    Ok((item, text))
-                });
-                match parsed {
+            for record in benchmark_records(&path, &bytes, &self.spec.fields) {
+                match record {
                     Ok((item, text)) if !text.trim().is_empty() => {
                         by_id.insert(
                             item.clone(),
@@ -455,7 +465,7 @@ impl BenchmarkTracker {
                         );
                     }
                     Ok(_) => {}
-                    Err(e) => problems.push(format!("{}:{line}: {}", path.display(), e.message)),
+                    Err(problem) => problems.push(problem),
                 }
             }
             let items: Vec<BenchItem> = by_id.into_values().collect();
@@ -479,6 +489,112 @@ impl BenchmarkTracker {
         }
         (diffs, problems)
     }
+}
+
+/// A benchmark record, `(item id, text)`, or why it cannot be read (naming the file).
+pub type BenchRecord = Result<(String, String), String>;
+
+/// The `(item id, text)` records of a benchmark file, by its extension: `.parquet` (columns
+/// named by the field map: strings or integers), `.json` (a top-level array of objects; a
+/// `.json` file that is not an array is read as JSONL) or JSONL. A record or file that cannot
+/// be read is an `Err` naming the file (and the line, item or row).
+pub fn benchmark_records(path: &Path, bytes: &[u8], fields: &FieldMap) -> Vec<BenchRecord> {
+    let record = |obj: &serde_json::Map<String, Value>| -> Result<(String, String), LineError> {
+        Ok((
+            field_string(obj, &fields.id)?,
+            field_string(obj, &fields.question)?,
+        ))
+    };
+    let ext = path.extension().and_then(|x| x.to_str()).unwrap_or("");
+    if ext == "parquet" {
+        return parquet_records(path, fields)
+            .unwrap_or_else(|e| vec![Err(format!("{}: {e}", path.display()))]);
+    }
+    let trimmed = bytes.trim_ascii_start();
+    if ext == "json" && trimmed.starts_with(b"[") {
+        return match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::Object(obj) => record(obj)
+                        .map_err(|e| format!("{}: item {i}: {}", path.display(), e.message)),
+                    _ => Err(format!(
+                        "{}: item {i}: expected a JSON object",
+                        path.display()
+                    )),
+                })
+                .collect(),
+            Ok(_) => vec![Err(format!(
+                "{}: expected a top-level JSON array of objects",
+                path.display()
+            ))],
+            Err(e) => vec![Err(format!("{}: invalid JSON: {e}", path.display()))],
+        };
+    }
+    lines(bytes)
+        .map(|(line, bytes)| {
+            parse_object(bytes, 64 << 20)
+                .and_then(|obj| record(&obj))
+                .map_err(|e| format!("{}:{line}: {}", path.display(), e.message))
+        })
+        .collect()
+}
+
+/// The records of a Parquet benchmark file; `Err` for a file that cannot be read at all.
+fn parquet_records(path: &Path, fields: &FieldMap) -> Result<Vec<BenchRecord>, String> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| format!("not a readable Parquet file: {e}"))?;
+    let mut out = Vec::new();
+    let mut row = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("reading Parquet rows: {e}"))?;
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("no column {name:?}"))
+        };
+        let (ids, texts) = (column(&fields.id)?, column(&fields.question)?);
+        for i in 0..batch.num_rows() {
+            let cell = |col: &arrow_array::ArrayRef, name: &str| {
+                cell_string(col, i)
+                    .and_then(|v| v.ok_or_else(|| format!("missing field {name:?}")))
+                    .map_err(|e| format!("{}: row {}: {e}", path.display(), row + i))
+            };
+            out.push(cell(ids, &fields.id).and_then(|id| Ok((id, cell(texts, &fields.question)?))));
+        }
+        row += batch.num_rows();
+    }
+    Ok(out)
+}
+
+/// A Parquet cell as a string: string columns as they are, integers in decimal; `None` for
+/// a null.
+fn cell_string(col: &arrow_array::ArrayRef, i: usize) -> Result<Option<String>, String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int16Type, Int32Type, Int64Type, Int8Type};
+    use arrow_array::types::{UInt16Type, UInt32Type, UInt64Type, UInt8Type};
+    use arrow_schema::DataType;
+    if col.is_null(i) {
+        return Ok(None);
+    }
+    Ok(Some(match col.data_type() {
+        DataType::Utf8 => col.as_string::<i32>().value(i).to_string(),
+        DataType::LargeUtf8 => col.as_string::<i64>().value(i).to_string(),
+        DataType::Utf8View => col.as_string_view().value(i).to_string(),
+        DataType::Int8 => col.as_primitive::<Int8Type>().value(i).to_string(),
+        DataType::Int16 => col.as_primitive::<Int16Type>().value(i).to_string(),
+        DataType::Int32 => col.as_primitive::<Int32Type>().value(i).to_string(),
+        DataType::Int64 => col.as_primitive::<Int64Type>().value(i).to_string(),
+        DataType::UInt8 => col.as_primitive::<UInt8Type>().value(i).to_string(),
+        DataType::UInt16 => col.as_primitive::<UInt16Type>().value(i).to_string(),
+        DataType::UInt32 => col.as_primitive::<UInt32Type>().value(i).to_string(),
+        DataType::UInt64 => col.as_primitive::<UInt64Type>().value(i).to_string(),
+        other => return Err(format!("a {other} column, expected strings or integers")),
+    }))
 }
 
 #[cfg(test)]

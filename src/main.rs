@@ -29,6 +29,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, from the command line
 enum Command {
     /// Validate a recipe without running it; lists every problem with file, key and cause.
     #[command(after_help = "Example:\n  thoughtflow check pipelines/demo.toml")]
@@ -38,7 +39,7 @@ enum Command {
     Explain { recipe: PathBuf },
     /// Build the dataset (and, with --follow, keep it up to date as inputs change).
     #[command(
-        after_help = "Examples:\n  thoughtflow run pipelines/demo.toml --out out/demo\n  thoughtflow run pipelines/demo.toml --out out/demo --follow --poll-ms 200"
+        after_help = "Examples:\n  thoughtflow run pipelines/demo.toml --out out/demo\n  thoughtflow run pipelines/demo.toml --out out/demo --follow --poll-ms 200\n  # two processes of two workers on this machine (run each line in its own shell):\n  thoughtflow run pipelines/demo.toml --out out/demo --workers 2 --processes 2 --process-id 0\n  thoughtflow run pipelines/demo.toml --out out/demo --workers 2 --processes 2 --process-id 1"
     )]
     Run {
         recipe: PathBuf,
@@ -80,6 +81,24 @@ enum Command {
         /// Stop issuing new LLM calls once this much (USD, from --prices) is spent.
         #[arg(long)]
         max_cost: Option<f64>,
+        /// Progress: bars per step on a terminal (auto: when stderr is one), else log lines.
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: thoughtflow::progress::ProgressMode,
+        /// Serve Prometheus metrics at http://ADDR/metrics while running (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<String>,
+        /// Cluster mode: the number of processes (each with --workers threads) that run this
+        /// recipe together over TCP (timely's own runtime). Start every process with the same
+        /// recipe, --out (a folder all of them share) and hostfile, and its own --process-id.
+        #[arg(long, default_value_t = 1)]
+        processes: usize,
+        /// Cluster mode: this process's index, 0..PROCESSES (process 0 writes stats.json).
+        #[arg(long, default_value_t = 0)]
+        process_id: usize,
+        /// Cluster mode: a file with one host:port per process, in process order (default:
+        /// 127.0.0.1:2101, 127.0.0.1:2102, ...).
+        #[arg(long)]
+        hostfile: Option<PathBuf>,
     },
     /// Why a question was removed: its contamination matches and rejections in an output folder.
     #[command(
@@ -93,6 +112,47 @@ enum Command {
         /// The question's source, when ids repeat across sources.
         #[arg(long)]
         source: Option<String>,
+    },
+    /// Generate a seeded OpenThoughts3-scale workload: 5 source pools (4.07M questions at
+    /// scale 1.0) with planted duplicates and benchmark contamination, the benchmark sets, a
+    /// recipe (OUT_DIR/ot3.toml) and the ground truth (OUT_DIR/truth.json).
+    #[command(
+        after_help = "Examples:\n  thoughtflow gen out/ot3-gen --scale 0.01 --seed 7\n  thoughtflow run out/ot3-gen/ot3.toml --out out/ot3-gen/run"
+    )]
+    Gen {
+        /// Output folder (sources/, benchmarks/, ot3.toml, truth.json).
+        out: PathBuf,
+        /// Size relative to the paper's pools (1.0 = 4.07M questions, 75,000 selected).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Random seed: the same seed and options give the same bytes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Share of questions that are exact copies of another question.
+        #[arg(long, default_value_t = 0.03)]
+        exact_share: f64,
+        /// Share of questions that are near copies (1-3 words replaced) of another question.
+        #[arg(long, default_value_t = 0.02)]
+        near_share: f64,
+        /// Planted benchmark copies, half verbatim, half edited (default: 1,000 x scale, >= 20).
+        #[arg(long)]
+        contamination: Option<usize>,
+        /// Synthetic answer length in words for every domain (default: math 2,000, code
+        /// 3,000, science 2,000).
+        #[arg(long)]
+        answer_words: Option<u32>,
+        /// Answers per question in the recipe.
+        #[arg(long, default_value_t = 16)]
+        samples: u32,
+    },
+    /// Write OUT/report/index.html: a self-contained page (funnel, counts, histograms,
+    /// contamination, dedup clusters, cost, last refresh) from a run's output folder.
+    #[command(
+        after_help = "Example:\n  thoughtflow run pipelines/demo.toml --out out/demo\n  thoughtflow report out/demo   # then open out/demo/report/index.html"
+    )]
+    Report {
+        /// The run's output folder.
+        out: PathBuf,
     },
     /// Inspect or trim the LLM call cache.
     #[command(
@@ -115,10 +175,15 @@ enum Command {
 #[derive(Subcommand)]
 enum CacheAction {
     /// Entries, models, tokens and size.
+    #[command(after_help = "Example:\n  thoughtflow cache stats --cache .thoughtflow/calls.redb")]
     Stats,
     /// Every entry as a JSON line on stdout.
+    #[command(after_help = "Example:\n  thoughtflow cache export > calls.jsonl")]
     Export,
     /// Remove entries by model and/or age.
+    #[command(
+        after_help = "Examples:\n  thoughtflow cache prune --model old-model\n  thoughtflow cache prune --older-than-days 30"
+    )]
     Prune {
         /// Remove the entries of this model.
         #[arg(long)]
@@ -149,12 +214,14 @@ struct LlmArgs {
     prices: PathBuf,
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format: &str, writer: thoughtflow::progress::LogWriter) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_writer(writer);
     if format == "json" {
         builder.json().init();
     } else {
@@ -178,8 +245,12 @@ fn load(path: &std::path::Path) -> Result<Recipe, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
-    match run(cli.command) {
+    let progress = match &cli.command {
+        Command::Run { progress, .. } => thoughtflow::progress::Progress::new(*progress),
+        _ => thoughtflow::progress::Progress::disabled(),
+    };
+    init_logging(&cli.log_format, progress.log_writer());
+    match run(cli.command, progress) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -188,7 +259,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<ExitCode> {
+fn run(command: Command, progress: Arc<thoughtflow::progress::Progress>) -> Result<ExitCode> {
     match command {
         Command::Check { recipe } => {
             let r = match load(&recipe) {
@@ -228,6 +299,11 @@ fn run(command: Command) -> Result<ExitCode> {
             dry_run,
             max_calls,
             max_cost,
+            progress: _,
+            metrics_addr,
+            processes,
+            process_id,
+            hostfile,
         } => {
             let r = match load(&recipe) {
                 Ok(r) => r,
@@ -245,14 +321,21 @@ fn run(command: Command) -> Result<ExitCode> {
                 }),
                 None => None,
             };
+            let mut observers = thoughtflow::progress::Observers::default();
+            observers.push(progress.clone());
+            if let Some(addr) = &metrics_addr {
+                let metrics = Arc::new(thoughtflow::metrics::Metrics::new());
+                metrics.serve(addr)?;
+                observers.push(metrics);
+            }
             let stop = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&stop);
             ctrlc::set_handler(move || {
                 if flag.swap(true, Ordering::SeqCst) {
-                    eprintln!("second interrupt: exiting now");
+                    tracing::warn!("second interrupt: exiting now");
                     std::process::exit(130);
                 }
-                eprintln!("stopping after the current epoch (interrupt again to exit now)");
+                tracing::info!("stopping after the current epoch (interrupt again to exit now)");
             })
             .context("installing the Ctrl-C handler")?;
             let summary = runtime::run(
@@ -278,6 +361,16 @@ fn run(command: Command) -> Result<ExitCode> {
                             max_cost,
                         },
                         dry_run,
+                    },
+                    observers,
+                    cluster: if processes > 1 || hostfile.is_some() {
+                        Some(runtime::ClusterOptions::new(
+                            processes,
+                            process_id,
+                            hostfile.as_deref(),
+                        )?)
+                    } else {
+                        None
                     },
                 },
                 stop,
@@ -373,6 +466,48 @@ fn run(command: Command) -> Result<ExitCode> {
                     r["detail"]
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gen {
+            out,
+            scale,
+            seed,
+            exact_share,
+            near_share,
+            contamination,
+            answer_words,
+            samples,
+        } => {
+            let s = thoughtflow::gen::generate(
+                &out,
+                &thoughtflow::gen::GenOptions {
+                    scale,
+                    seed,
+                    exact_share,
+                    near_share,
+                    contamination,
+                    answer_words,
+                    samples,
+                    threads: None,
+                },
+            )?;
+            println!(
+                "generated {} questions ({} files, {:.1} MiB; {} exact copies, {} near copies, {} benchmark copies) in {:.2}s: run it with\n  thoughtflow run {} --out {}",
+                s.questions,
+                s.files,
+                s.bytes as f64 / (1 << 20) as f64,
+                s.exact_copies,
+                s.near_copies,
+                s.contamination,
+                s.elapsed.as_secs_f64(),
+                out.join("ot3.toml").display(),
+                out.join("run").display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { out } => {
+            let path = thoughtflow::report::write(&out)?;
+            println!("report: {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { action, cache } => {

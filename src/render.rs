@@ -19,12 +19,13 @@ use crate::llm::service::{Request, ScoreParse, Service, Target};
 use crate::recipe::{
     DedupMode, LlmCall, Recipe, Scorer, SelectSpec, Sizes, StepKind, TeacherKind, Template,
 };
-use crate::sink::{AuditTable, DatasetShards, Naming, OutDirs, SinkEvent};
+use crate::sink::{AuditTable, DatasetChanges, DatasetFiles, Naming, OutDirs, SinkEvent};
 use crate::stats::{tally, StatKey, StatsState};
-use crate::store::Store;
+use crate::store::{Store, StoreDelta};
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -39,8 +40,13 @@ use thoughtflow_operators::steps::select::{GroupBy, GroupKey, GroupSizes, Select
 use thoughtflow_operators::steps::{
     answer_dedup, decontam, dedup, length, scoped, score, select, StepOutput,
 };
-use timely::dataflow::channels::pact::Exchange;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Input as TimelyInput;
+use timely::dataflow::operators::vec::Map as _;
+use timely::dataflow::operators::{Capability, Exchange as _};
+use timely::dataflow::StreamVec;
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::worker::Worker;
 
@@ -74,6 +80,8 @@ pub struct Handles {
     /// Per LLM teacher (by teacher index): where its results enter.
     pub llm_answers: BTreeMap<u16, TeacherInputs>,
     pub probe: ProbeHandle<Epoch>,
+    /// Cluster mode: what this worker put into its process's store, shipped to the others.
+    pub store_deltas: Option<InputHandleVec<Epoch, StoreDelta>>,
     /// Worker 0 only: the accumulated counts.
     pub stats: Option<Rc<RefCell<StatsState>>>,
     /// Errors raised inside sinks (I/O), for the driver to report.
@@ -101,6 +109,10 @@ impl Handles {
             ok.flush();
             err.flush();
         }
+        if let Some(d) = self.store_deltas.as_mut() {
+            d.advance_to(epoch);
+            d.flush();
+        }
         self.questions.flush();
         self.benchmarks.flush();
         self.ingest_rejections.flush();
@@ -109,6 +121,80 @@ impl Handles {
             a.flush();
         }
     }
+}
+
+/// Cluster mode: the store entries each worker journaled are sent to one worker per process,
+/// which puts them into its process's store. The returned stream carries no data: its frontier
+/// passes an epoch once every process holds every entry of that epoch.
+fn replicate_store<'s>(
+    deltas: StreamVec<'s, Epoch, StoreDelta>,
+    store: &Arc<Store>,
+    threads: usize,
+    peers: usize,
+) -> StreamVec<'s, Epoch, ()> {
+    let leaders: Vec<u64> = (0..peers.div_ceil(threads))
+        .map(|p| (p * threads) as u64)
+        .collect();
+    let store = Arc::clone(store);
+    deltas
+        .flat_map(move |d| {
+            leaders
+                .iter()
+                .map(move |l| (*l, d.clone()))
+                .collect::<Vec<_>>()
+        })
+        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Exchange::new(|(leader, _): &(u64, StoreDelta)| *leader),
+            "ReplicateStore",
+            move |_cap, _info| {
+                move |input, _output| {
+                    input.for_each(|_cap, data| {
+                        for (_, d) in data.drain(..) {
+                            store.apply(d);
+                        }
+                    });
+                }
+            },
+        )
+}
+
+/// Holds a stream's records of each epoch until `ready` has passed that epoch, so that no
+/// operator anywhere in the cluster sees a record before the store entries it refers to.
+fn gate<'s, D: Clone + 'static>(
+    stream: StreamVec<'s, Epoch, D>,
+    ready: &StreamVec<'s, Epoch, ()>,
+    name: &str,
+) -> StreamVec<'s, Epoch, D> {
+    stream.binary_frontier::<_, CapacityContainerBuilder<Vec<D>>, _, _, _, _>(
+        ready.clone(),
+        Pipeline,
+        Pipeline,
+        name,
+        |_cap, _info| {
+            let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)> = BTreeMap::new();
+            move |(data_in, _), (ready_in, ready_frontier), output| {
+                data_in.for_each(|cap, data| {
+                    let t = *cap.least().expect("a totally ordered time");
+                    pending
+                        .entry(t)
+                        .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()))
+                        .1
+                        .append(data);
+                });
+                ready_in.for_each(|_, _| {});
+                while let Some((&t, _)) = pending.first_key_value() {
+                    if ready_frontier.less_equal(&t) {
+                        break;
+                    }
+                    let (_, (cap, data)) = pending.pop_first().expect("just peeked");
+                    let mut session = output.session(&cap);
+                    for d in data {
+                        session.give(d);
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// Resolves per-group sizes named in the recipe to group keys.
@@ -246,19 +332,26 @@ fn answer_decontaminate<'s>(
     };
     let s2 = Arc::clone(store);
     let keyed = rows.map(move |(k, row)| (pseudo_id(&k), (k, row)));
-    let pseudo = keyed.clone().map(move |(id, (_, row))| {
-        let text = crate::teachers::answer_text(&row.answer, &s2).unwrap_or_default();
-        let tref = hash::text_ref(&text);
-        s2.put_text(tref, &text);
-        (
-            id,
-            Question {
+    // The answer's text is put where `ngram_matches` will read it: on the worker its pseudo id
+    // goes to (in a cluster, another process's store would not have it).
+    let pseudo = keyed
+        .clone()
+        .inner
+        .exchange(|((id, _), _, _): &((QuestionId, (RowKey, Row)), Epoch, isize)| id.0)
+        .as_collection()
+        .map(move |(id, (_, row))| {
+            let text = crate::teachers::answer_text(&row.answer, &s2).unwrap_or_default();
+            let tref = hash::text_ref(&text);
+            s2.texts.put_with_key(tref, &text);
+            (
                 id,
-                text: tref,
-                ..row.question
-            },
-        )
-    });
+                Question {
+                    id,
+                    text: tref,
+                    ..row.question
+                },
+            )
+        });
     let texts: Arc<dyn thoughtflow_operators::text::TextLookup> = store.texts.clone();
     let matches = decontam::ngram_matches(pseudo, items, config, texts);
     let first = matches
@@ -306,8 +399,23 @@ pub fn build(
             steps: Arc::new(recipe.steps.iter().map(|s| s.id.clone()).collect()),
         };
 
-        // Inputs.
+        // Inputs. In cluster mode, records wait at a gate until the store entries they refer to
+        // (texts, names) have reached every process.
+        let (store_deltas, ready) = match store.cluster_threads() {
+            Some(threads) => {
+                let (h, deltas) = scope.new_input::<StoreDelta>();
+                (
+                    Some(h),
+                    Some(replicate_store(deltas, &store, threads, peers)),
+                )
+            }
+            None => (None, None),
+        };
         let (q_handle, q_stream) = scope.new_input::<Upsert>();
+        let q_stream = match &ready {
+            Some(r) => gate(q_stream, r, "GateQuestions"),
+            None => q_stream,
+        };
         let questions = arrange_from_upsert::<
             ValBuilder<QuestionId, Question, Epoch, isize>,
             ValSpine<QuestionId, Question, Epoch, isize>,
@@ -317,6 +425,10 @@ pub fn build(
         .as_collection(|k, v| (*k, v.clone()));
         let (b_handle, benchmarks) = scope.new_collection::<BenchItem, isize>();
         let (r_handle, ingest_rejections) = scope.new_collection::<Rejection, isize>();
+        let ingest_rejections = match &ready {
+            Some(r) => gate(ingest_rejections.inner, r, "GateRejections").as_collection(),
+            None => ingest_rejections,
+        };
         let (w_handle, ingest_work) = scope.new_collection::<StatKey, isize>();
         let mut answer_handles = Vec::new();
         let mut answer_collections = Vec::new();
@@ -461,6 +573,10 @@ pub fn build(
                             let (fh, failures) =
                                 scope.new_collection::<((LookupKey, u16), String), isize>();
                             llm_answers.insert(t as u16, (ah, fh));
+                            let answers = match &ready {
+                                Some(r) => gate(answers.inner, r, "GateAnswers").as_collection(),
+                                None => answers,
+                            };
                             let wanted = questions
                                 .clone()
                                 .flat_map(move |(_, q)| {
@@ -654,26 +770,47 @@ pub fn build(
             })
         });
 
-        // Dataset sink: rows go to the worker that owns their shard.
+        // Dataset sink: rows go to the worker that owns their change partition (by question
+        // id: changes, counts, changelog), and to the one that owns their shard (by content
+        // hash range: the shard files and their manifest fragments).
         let shards = recipe.sink.shards;
-        let mut dataset = DatasetShards::new(dirs.clone(), naming.clone(), shards, index, peers);
+        let mut dataset = DatasetChanges::new(dirs.clone(), naming.clone(), shards, index, peers);
         let changelog = recipe.sink.kafka.clone().zip(kafka.clone());
         dataset.report_changes = changelog.is_some();
         let errors = Rc::clone(&sink_errors);
         let dataset_events = epoch_unary(
-            rows,
+            rows.clone(),
             Exchange::new(move |u: &((RowKey, Row), Epoch, isize)| {
-                crate::sink::shard_of((u.0).0.question, shards) as u64
+                crate::sink::change_part_of((u.0).0.question, shards) as u64
             }),
-            "DatasetSink",
+            "DatasetChanges",
             move |epoch, updates, out: &mut Vec<(SinkEvent, isize)>| {
                 if let Err(e) = dataset.epoch(epoch, shards, updates, out) {
+                    errors
+                        .borrow_mut()
+                        .push(format!("writing dataset changes: {e}"));
+                }
+            },
+        );
+        let mut files = DatasetFiles::new(dirs.clone(), naming.clone(), &recipe.sink, index, peers);
+        let errors = Rc::clone(&sink_errors);
+        stats.push(crate::sink::first_epoch_unary(
+            rows,
+            Exchange::new(move |u: &((RowKey, Row), Epoch, isize)| {
+                crate::sink::shard_of((u.0).1.question.hash, shards) as u64
+            }),
+            "DatasetFiles",
+            move |epoch, updates, out: &mut Vec<(StatKey, isize)>| {
+                if !updates.is_empty() {
+                    crate::runtime::test_pause("sink");
+                }
+                if let Err(e) = files.epoch(epoch, updates, out) {
                     errors
                         .borrow_mut()
                         .push(format!("writing dataset shards: {e}"));
                 }
             },
-        );
+        ));
         stats.push(dataset_events.clone().flat_map(|e| match e {
             SinkEvent::Stat(k) => Some(k),
             SinkEvent::Change(_) => None,
@@ -761,6 +898,7 @@ pub fn build(
             llm_scores,
             llm_answers,
             probe,
+            store_deltas,
             stats: (index == 0).then_some(state),
             sink_errors,
         }

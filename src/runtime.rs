@@ -15,7 +15,7 @@ use crate::llm::service::{Budget, ScoreParse, Service, Target};
 use crate::llm::{EndpointConfig, Prices};
 use crate::recipe::{Recipe, TeacherKind};
 use crate::render;
-use crate::sink::{publish_changes, write_atomic, OutDirs};
+use crate::sink::{publish_changes, write_atomic, ManifestWriter, OutDirs};
 use crate::stats::{self, StatKey, StatsContext};
 use crate::store::Store;
 use anyhow::{anyhow, Context, Result};
@@ -42,6 +42,64 @@ pub struct RunOptions {
     pub kafka_wait: Duration,
     /// LLM endpoints (flags/environment), the call cache, prices, budget, dry run.
     pub llm: LlmOptions,
+    /// Who watches the run: progress display, metrics (see [`crate::progress`]).
+    pub observers: crate::progress::Observers,
+    /// Cluster mode: this process's place among several (timely's own TCP runtime).
+    pub cluster: Option<ClusterOptions>,
+}
+
+/// Several processes, each with `RunOptions::workers` threads, connected over TCP.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// This process's index, 0..addresses.len().
+    pub process: usize,
+    /// `host:port` of every process, in process order.
+    pub addresses: Vec<String>,
+}
+
+impl ClusterOptions {
+    /// Reads a hostfile (one `host:port` per line; blank lines and `#` comments ignored), or
+    /// without one, `127.0.0.1:2101..` for `processes` processes on this machine.
+    pub fn new(
+        processes: usize,
+        process: usize,
+        hostfile: Option<&std::path::Path>,
+    ) -> Result<ClusterOptions> {
+        let addresses: Vec<String> = match hostfile {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading hostfile {}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect(),
+            None => (0..processes)
+                .map(|p| format!("127.0.0.1:{}", 2101 + p))
+                .collect(),
+        };
+        if let Some(path) = hostfile {
+            if addresses.len() != processes {
+                return Err(anyhow!(
+                    "hostfile {} lists {} address(es), but --processes is {processes}: give one host:port line per process",
+                    path.display(),
+                    addresses.len()
+                ));
+            }
+            if let Some(bad) = addresses.iter().find(|a| !a.contains(':')) {
+                return Err(anyhow!(
+                    "hostfile {}: {bad:?} is not host:port",
+                    path.display()
+                ));
+            }
+        }
+        if process >= processes {
+            return Err(anyhow!(
+                "--process-id {process} is out of range: --processes is {processes}, so ids are 0..{}",
+                processes - 1
+            ));
+        }
+        Ok(ClusterOptions { process, addresses })
+    }
 }
 
 /// How LLM calls are made.
@@ -92,9 +150,23 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
     let dirs = OutDirs {
         root: opts.out.clone(),
     };
-    dirs.prepare_fresh()
-        .with_context(|| format!("preparing output folder {}", dirs.root.display()))?;
-    let store = Store::new();
+    // In a cluster, process 0 prepares the (shared) output folder; the others start writing
+    // only once every process has connected, which is after this.
+    let first_process = opts.cluster.as_ref().is_none_or(|c| c.process == 0);
+    if first_process {
+        dirs.prepare(&recipe.sink)
+            .with_context(|| format!("preparing output folder {}", dirs.root.display()))?;
+    }
+    // Texts live on disk (DESIGN.md decision 3), in a file per process.
+    let texts_file = dirs.root.join(".store").join(format!(
+        "texts-{}.bin",
+        opts.cluster.as_ref().map_or(0, |c| c.process)
+    ));
+    let store = Store::open(
+        &texts_file,
+        opts.cluster.as_ref().map(|_| opts.workers.max(1)),
+    )
+    .with_context(|| format!("creating the text store {}", texts_file.display()))?;
     let replay: ReplayAnswers = recipe
         .teachers
         .iter()
@@ -104,6 +176,8 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
         })
         .collect::<Result<_>>()?;
     let replay = Arc::new(replay);
+    // Every process loads the replay answers itself: nothing of this to ship.
+    let _ = store.drain_journal();
     let wanted = recipe.llm_endpoints();
     let llm = if wanted.is_empty() {
         None
@@ -130,13 +204,33 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
             .context("starting the LLM service")?,
         )
     };
+    if let Some(service) = &llm {
+        opts.observers.llm_started(service);
+    }
+    let observers = opts.observers.clone();
     let recipe = Arc::new(recipe);
     let workers = opts.workers.max(1);
     tracing::info!(recipe = %recipe.name, workers, follow = opts.follow, out = %dirs.root.display(), "starting run");
 
     let kafka_status: KafkaStatus = Arc::new(Mutex::new(BTreeMap::new()));
     let llm2 = llm.clone();
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let config = match &opts.cluster {
+        None => timely::Config::process(workers),
+        Some(c) => {
+            tracing::info!(process = c.process, processes = c.addresses.len(), addresses = ?c.addresses, "cluster mode: connecting to the other processes");
+            timely::Config {
+                communication: timely::CommunicationConfig::Cluster {
+                    threads: workers,
+                    process: c.process,
+                    addresses: c.addresses.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: timely::WorkerConfig::default(),
+            }
+        }
+    };
+    let guards = timely::execute(config, move |worker| {
         drive(
             worker,
             &recipe,
@@ -151,7 +245,9 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
     let mut summary = None;
-    for result in guards.join() {
+    let results = guards.join();
+    observers.finished();
+    for result in results {
         match result {
             Ok(Ok(Some(s))) => summary = Some(s),
             Ok(Ok(None)) => {}
@@ -159,7 +255,12 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
             Err(e) => return Err(anyhow!("a worker failed: {e}")),
         }
     }
-    let (epochs, stats) = summary.ok_or_else(|| anyhow!("worker 0 reported nothing"))?;
+    let (epochs, stats) = match summary {
+        Some(s) => s,
+        // Processes other than 0 publish no stats of their own.
+        None if !first_process => (0, serde_json::Value::Null),
+        None => return Err(anyhow!("worker 0 reported nothing")),
+    };
     Ok(RunSummary {
         epochs,
         stats,
@@ -181,6 +282,10 @@ fn drive(
 ) -> std::result::Result<Option<(u64, serde_json::Value)>, String> {
     let index = worker.index();
     let peers = worker.peers();
+    // The first worker of each process: it moves its process's LLM results into the dataflow.
+    let local_leader = store
+        .cluster_threads()
+        .map_or(index == 0, |t| index.is_multiple_of(t));
     let mut handles = render::build(worker, recipe, store, dirs, opts.kafka.as_ref(), llm);
     let mut inserted: HashSet<([u8; 16], Target)> = HashSet::new();
     #[cfg(feature = "kafka")]
@@ -215,8 +320,13 @@ fn drive(
         .collect();
 
     let mut epoch: Epoch = 0;
+    let mut manifest = (index == 0).then(|| ManifestWriter::open(dirs));
     let mut last_stats = serde_json::Value::Null;
     let mut last_progress = Instant::now();
+    // The catch-up of the inputs present at start (a restart's replay), reported once done.
+    let catch_up_started = Instant::now();
+    let mut replay: Option<serde_json::Value> = None;
+    let mut consumed = (0usize, 0u64, 0usize); // files, bytes, records (this worker)
     loop {
         let epoch_started = Instant::now();
         let mut work = 0isize;
@@ -232,6 +342,12 @@ fn drive(
         }
         for s in &mut sources {
             let delta = s.poll(index, peers, store);
+            if delta.files_read > 0 {
+                test_pause("ingest");
+            }
+            consumed.0 += delta.files_read;
+            consumed.1 += delta.bytes_read;
+            consumed.2 += delta.upserts.len() + delta.rejections.len();
             work += (delta.upserts.len() + delta.rejections.len()) as isize;
             if delta.files_read > 0 {
                 tracing::debug!(source = %s.spec.name, files = delta.files_read, bytes = delta.bytes_read, upserts = delta.upserts.len(), "read source files");
@@ -266,8 +382,13 @@ fn drive(
                 );
             }
         }
-        if let (0, Some(service)) = (index, llm) {
+        if let (true, Some(service)) = (local_leader, llm) {
             work += insert_results(service, &mut handles, store, &mut inserted) as isize;
+        }
+        if let Some(deltas) = handles.store_deltas.as_mut() {
+            for d in store.drain_journal() {
+                deltas.send(d);
+            }
         }
         if work > 0 {
             handles.ingest_work.update(StatKey::IngestWork, work);
@@ -286,8 +407,13 @@ fn drive(
             k.commit();
         }
         if let Some(state) = &handles.stats {
+            test_pause("publish");
             let changed =
                 publish_changes(dirs, done).map_err(|e| format!("publishing changes: {e}"))?;
+            if let (Some(m), true) = (manifest.as_mut(), changed || done == 0) {
+                m.publish(dirs, &recipe.sink, done)
+                    .map_err(|e| format!("writing the dataset manifest: {e}"))?;
+            }
             let state = state.borrow();
             let source_name = |s| store.source_name(s).to_string();
             let ctx = StatsContext {
@@ -300,6 +426,17 @@ fn drive(
             last_stats = stats::render(&state, &ctx);
             if let Some(service) = llm {
                 last_stats["llm"] = service.report();
+            }
+            if replay.is_none() && llm.is_none_or(|s| s.outstanding() == 0) {
+                replay = Some(replay_report(
+                    &last_stats,
+                    catch_up_started.elapsed(),
+                    peers,
+                    epoch,
+                ));
+            }
+            if let Some(r) = &replay {
+                last_stats["replay"] = r.clone();
             }
             #[cfg(feature = "kafka")]
             if opts.kafka.is_some() {
@@ -319,6 +456,12 @@ fn drive(
             }
             let text = serde_json::to_vec_pretty(&last_stats).expect("json");
             write_atomic(&dirs.stats(), &text).map_err(|e| format!("writing stats.json: {e}"))?;
+            opts.observers.epoch(&crate::progress::EpochReport {
+                stats: &last_stats,
+                epoch: done,
+                duration: epoch_started.elapsed(),
+                changed,
+            });
             if changed || done == 0 {
                 tracing::info!(
                     epoch = done,
@@ -331,16 +474,28 @@ fn drive(
             }
         }
         if stop.load(Ordering::SeqCst) {
+            let outstanding = llm.map_or(0, |s| s.outstanding());
+            tracing::info!(
+                worker = index,
+                last_published_epoch = done,
+                files_read = consumed.0,
+                bytes_read = consumed.1,
+                records_read = consumed.2,
+                llm_outstanding = outstanding,
+                "stopped on request after publishing epoch {done}: this worker consumed {} file(s), {} record(s); {outstanding} LLM result(s) not awaited (cached calls are reused on restart)",
+                consumed.0,
+                consumed.2
+            );
             break;
         }
         // LLM answers still to come keep a run going (worker 0 inserts them).
-        let awaiting = index == 0 && llm.is_some_and(|s| s.outstanding() > 0);
+        let awaiting = local_leader && llm.is_some_and(|s| s.outstanding() > 0);
         if awaiting {
             let service = llm.expect("checked");
             if last_progress.elapsed() >= Duration::from_secs(2) {
                 last_progress = Instant::now();
                 let r = service.report();
-                tracing::info!(
+                tracing::debug!(
                     outstanding = service.outstanding(),
                     done = r["total"]["done"].as_u64().unwrap_or(0),
                     cached = r["total"]["cached"].as_u64().unwrap_or(0),
@@ -350,13 +505,11 @@ fn drive(
                     "llm calls"
                 );
             }
-            // Gather answers for a moment, so that an epoch carries a batch of them.
+            // Gather answers for a moment, so that an epoch carries a batch of them; go at once
+            // when every answer awaited is in (a replay served from the cache does not wait).
             let until = Instant::now() + opts.poll.min(Duration::from_millis(200));
-            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                if service.wait_for_result(Duration::from_millis(20)) && service.outstanding() > 64
-                {
-                    continue;
-                }
+            while Instant::now() < until && !stop.load(Ordering::SeqCst) && !service.all_ready() {
+                service.wait_for_result(Duration::from_millis(20));
             }
             continue;
         }
@@ -371,6 +524,63 @@ fn drive(
     drop(handles);
     while worker.step_or_park(Some(Duration::from_millis(10))) {}
     Ok((index == 0).then_some((epoch, last_stats)))
+}
+
+/// `stats.json`'s `replay`: how fast the inputs present at start were caught up with (for a
+/// restart, the replay of what an earlier run saw), and how many LLM results the cache served.
+fn replay_report(
+    stats: &serde_json::Value,
+    took: Duration,
+    workers: usize,
+    epochs: Epoch,
+) -> serde_json::Value {
+    let count = |v: &serde_json::Value| -> u64 {
+        v.as_object().map_or(0, |o| {
+            o.values()
+                .map(|s| s["questions"].as_u64().unwrap_or(0))
+                .sum()
+        })
+    };
+    let questions = count(&stats["sources"]);
+    let secs = took.as_secs_f64().max(1e-9);
+    serde_json::json!({
+        "questions": questions,
+        "epochs": epochs,
+        "seconds": (secs * 1000.0).round() / 1000.0,
+        "workers": workers,
+        "questions_per_s_per_worker": (questions as f64 / secs / workers.max(1) as f64).round(),
+        "llm_cached": stats["llm"]["total"]["cached"].as_u64().unwrap_or(0),
+        "llm_called": stats["llm"]["total"]["done"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Test hook for crash tests: with `THOUGHTFLOW_TEST_PAUSE_AT=POINT[:N]`, the N-th time
+/// (default 1) any thread reaches `test_pause(POINT)`, it prints `test pause at POINT` to
+/// stderr and sleeps for good, so that a test can SIGKILL the process exactly there. Points:
+/// `ingest` (a source's files read, not yet in the dataflow), `llm-answered` (an answer
+/// received, not yet cached), `llm-cached` (cached, not yet in the dataflow), `sink` (a
+/// worker about to rewrite its dataset shards), `publish` (an epoch's data written, its
+/// changes and stats.json not yet). Unset, it costs one load of a `OnceLock`.
+pub fn test_pause(point: &str) {
+    static AT: std::sync::OnceLock<Option<(String, usize)>> = std::sync::OnceLock::new();
+    static HITS: Mutex<usize> = Mutex::new(0);
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("THOUGHTFLOW_TEST_PAUSE_AT").ok()?;
+        let (p, n) = v.split_once(':').unwrap_or((&v, "1"));
+        Some((p.to_string(), n.parse().unwrap_or(1)))
+    });
+    let Some((p, n)) = at else { return };
+    if p != point {
+        return;
+    }
+    let mut hits = HITS.lock().expect("test pause");
+    *hits += 1;
+    if *hits == *n {
+        eprintln!("test pause at {point}");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
 }
 
 /// Moves the LLM service's results into the dataflow (worker 0), each target once; returns

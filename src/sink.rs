@@ -1,27 +1,53 @@
-//! Sinks: the published dataset, its per-epoch changes, the audit outputs.
+//! Sinks: the published dataset, its manifest, its per-epoch changes, the audit outputs.
 //!
 //! ```text
-//!  rows --exchange(shard owner)--> DatasetShards (per worker: the shards it owns)
-//!        |  each epoch: apply row diffs, rewrite changed shards (temp file + rename),
-//!        |  write the epoch's change fragment per shard, report counts as stats
+//!  rows --exchange(question id)--> DatasetChanges (per worker: the change partitions it owns)
+//!        |  each epoch: apply row diffs, write the epoch's change fragment per partition,
+//!        |  report counts (and changelog events) as stats
 //!        v
-//!  OUT/dataset/part-SSSSS.jsonl      OUT/changes/.parts/EEEEEEEE-SSSSS.jsonl
-//!                                    (worker 0 joins them into OUT/changes/EEEEEEEE.jsonl)
+//!  OUT/changes/.parts/EEEEEEEE-PPPPP.jsonl  (worker 0 joins them into OUT/changes/EEEEEEEE.jsonl)
+//!
+//!  rows --exchange(content-hash shard)--> DatasetFiles (per worker: the shards it owns)
+//!        |  each epoch: apply row diffs, render the changed shards (every owned shard in a
+//!        |  run's first epoch), write each file whose checksum differs from the manifest's
+//!        |  (temp file + rename), write the shard's manifest fragment, count rewritten and
+//!        |  unchanged shards
+//!        v
+//!  OUT/dataset/part-SSSSS.jsonl | .parquet   OUT/dataset/.manifest/part-SSSSS.json
+//!                                    (worker 0 joins them into OUT/dataset/manifest.json,
+//!                                     after the epoch's shards, before stats.json)
 //!  rejections --exchange(0)--> OUT/rejections/<step id>.jsonl (current state, per step)
 //!  matches    --exchange(0)--> OUT/contamination/matches.jsonl (current state)
 //! ```
 //!
-//! Shards are chosen by question id, so all rows of a question share a shard and a change to
-//! one question rewrites one shard. Files are replaced atomically (written beside, renamed in),
-//! so a reader never sees half a shard. Row order within a shard is by row key: the same
-//! input gives byte-identical files whatever the number of workers.
+//! Shards are ranges of the question's content hash ([`shard_of`]), so all rows of a question
+//! share a shard and a change to one question rewrites one shard. `[sink] format` picks the
+//! files: JSONL, Parquet (the OpenThoughts3 schema: `difficulty` int64, `source`, `domain`,
+//! `conversations` list<struct<from, value>>, plus `row_id`, `question_id`, `teacher`,
+//! `sample`, `score`), or both, with the same rows in the same order. Files are replaced
+//! atomically (written beside, renamed in), so a reader never sees half a shard. Row order
+//! within a shard is by row key: the same input gives byte-identical files whatever the number
+//! of workers.
 //!
-//! Texts are joined in here, from the store (DESIGN.md decision 3). Not handled here yet:
-//! Parquet output, the manifest and resumable commit protocol (durable refresh).
+//! Durable refresh: the dataset folder survives a rerun on the same OUT (when the manifest's
+//! version, shard count and format match the recipe's; otherwise it starts afresh). A run
+//! reads the previous `manifest.json`, checks each listed file (size and xxh3-64 checksum),
+//! and in its first epoch re-renders every shard but writes only the files whose bytes differ:
+//! an unchanged shard keeps its file, inode and mtime, and its manifest entry (`epoch_written`,
+//! `run_written`). `stats.json` counts the shards rewritten and unchanged per epoch. Changes
+//! (`changes/`, the changelog topic) are relative to the run's start, as before: a rerun's
+//! first epoch lists every row as an upsert.
+//!
+//! Changes are partitioned by question id ([`change_part_of`]), not by shard: a question whose
+//! text changes may move to another shard, and its change must stay one upsert.
+//!
+//! Texts are joined in here, from the store (DESIGN.md decision 3).
 
+use crate::recipe::{SinkFormat, SinkSpec};
 use crate::stats::StatKey;
 use crate::store::Store;
 use crate::teachers::answer_text;
+use differential_dataflow::{AsCollection, VecCollection};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -29,8 +55,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thoughtflow_operators::hash;
 use thoughtflow_operators::record::{
-    AnswerText, Detail, Epoch, Match, QuestionId, Rejection, Row, RowKey, StepId, Subject,
+    AnswerText, ContentHash, Detail, Epoch, Match, QuestionId, Rejection, Row, RowKey, StepId,
+    Subject,
 };
+use timely::dataflow::channels::pact::ParallelizationContract;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
 
 /// One published row change, for the changelog topic: `value` is `None` for a delete.
 #[derive(
@@ -75,6 +105,53 @@ impl OutDirs {
     pub fn stats(&self) -> PathBuf {
         self.root.join("stats.json")
     }
+    /// `dataset/manifest.json`.
+    pub fn manifest(&self) -> PathBuf {
+        self.dataset().join("manifest.json")
+    }
+    /// `dataset/.manifest/`: one fragment per shard, written by the shard's owner.
+    pub fn manifest_parts(&self) -> PathBuf {
+        self.dataset().join(".manifest")
+    }
+
+    /// Creates the folders for a run of `sink`, removing the outputs of an earlier run except
+    /// its dataset, which is kept (for [`DatasetFiles`] to refresh in place) when its manifest
+    /// says the same version, shard count and format. Leftover temporary files are removed.
+    pub fn prepare(&self, sink: &SinkSpec) -> std::io::Result<()> {
+        let keep = read_manifest(&self.manifest()).is_some_and(|m| {
+            m.format_version == MANIFEST_VERSION
+                && m.shard_count == sink.shards
+                && m.shards.len() == sink.shards as usize
+                && m.format == sink.format.as_str()
+        });
+        let mut remove = vec![self.changes(), self.rejections(), self.contamination()];
+        if !keep {
+            remove.push(self.dataset());
+        }
+        for d in remove {
+            if d.exists() {
+                std::fs::remove_dir_all(&d)?;
+            }
+        }
+        let _ = std::fs::remove_file(self.stats());
+        for d in [
+            self.dataset(),
+            self.manifest_parts(),
+            self.parts(),
+            self.rejections(),
+            self.contamination(),
+        ] {
+            std::fs::create_dir_all(&d)?;
+        }
+        for d in [self.dataset(), self.manifest_parts()] {
+            for e in std::fs::read_dir(&d)?.filter_map(|e| e.ok()) {
+                if e.path().extension().is_some_and(|x| x == "tmp") {
+                    std::fs::remove_file(e.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
 
     /// Creates the folders, removing the outputs of an earlier run.
     pub fn prepare_fresh(&self) -> std::io::Result<()> {
@@ -112,13 +189,26 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The shard of a question.
-pub fn shard_of(question: QuestionId, shards: u32) -> u32 {
-    (hash::hash64(&question.0.to_le_bytes()) % shards as u64) as u32
+/// The dataset shard of a question's rows: the range of its content hash, in `shards` equal
+/// ranges of the hash's low 64 bits. (Not the high bits: `select` with `mode = "sample"` keeps
+/// the smallest hashes, which would crowd the kept questions into the first shards.)
+pub fn shard_of(hash: ContentHash, shards: u32) -> u32 {
+    (((hash.0 as u64 as u128) * shards as u128) >> 64) as u32
+}
+
+/// The change partition of a question (by question id: a question's change fragment does not
+/// move when its text, and so its shard, changes).
+pub fn change_part_of(question: QuestionId, parts: u32) -> u32 {
+    (hash::hash64(&question.0.to_le_bytes()) % parts as u64) as u32
+}
+
+/// The name of a shard's file in `dataset/`, for extension `ext` (`jsonl`, `parquet`).
+pub fn shard_file_name(shard: u32, ext: &str) -> String {
+    format!("part-{shard:05}.{ext}")
 }
 
 pub fn shard_file(dirs: &OutDirs, shard: u32) -> PathBuf {
-    dirs.dataset().join(format!("part-{shard:05}.jsonl"))
+    dirs.dataset().join(shard_file_name(shard, "jsonl"))
 }
 
 /// Names the sink needs to render rows.
@@ -263,28 +353,24 @@ fn jsonl<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<u8> {
     out
 }
 
-/// The dataset shards one worker owns.
-pub struct DatasetShards {
+/// The dataset's changes, for the change partitions one worker owns (by question id).
+pub struct DatasetChanges {
     dirs: OutDirs,
     naming: Naming,
     /// Whether to report each change as a [`SinkEvent::Change`] (for a changelog topic).
     pub report_changes: bool,
-    /// shard -> row key -> row
+    /// partition -> row key -> row
     shards: BTreeMap<u32, BTreeMap<RowKey, Row>>,
 }
 
-impl DatasetShards {
-    /// Owns the shards `s` with `s % peers == worker`; creates their (empty) files.
-    pub fn new(dirs: OutDirs, naming: Naming, shards: u32, worker: usize, peers: usize) -> Self {
-        let mut owned = BTreeMap::new();
-        for s in (0..shards).filter(|s| *s as usize % peers == worker) {
-            let path = shard_file(&dirs, s);
-            if !path.exists() {
-                let _ = write_atomic(&path, b"");
-            }
-            owned.insert(s, BTreeMap::new());
-        }
-        DatasetShards {
+impl DatasetChanges {
+    /// Owns the partitions `p` with `p % peers == worker`.
+    pub fn new(dirs: OutDirs, naming: Naming, parts: u32, worker: usize, peers: usize) -> Self {
+        let owned = (0..parts)
+            .filter(|p| *p as usize % peers == worker)
+            .map(|p| (p, BTreeMap::new()))
+            .collect();
+        DatasetChanges {
             dirs,
             naming,
             report_changes: false,
@@ -292,8 +378,8 @@ impl DatasetShards {
         }
     }
 
-    /// Applies one epoch of row changes; rewrites the shards that changed and writes the
-    /// epoch's change fragments. Pushes counts for stats.
+    /// Applies one epoch of row changes and writes the epoch's change fragments. Pushes
+    /// counts for stats (and changes, for a changelog).
     pub fn epoch(
         &mut self,
         epoch: Epoch,
@@ -313,7 +399,7 @@ impl DatasetShards {
         for (key, _) in net.keys() {
             let rows = self
                 .shards
-                .entry(shard_of(key.question, shard_count))
+                .entry(change_part_of(key.question, shard_count))
                 .or_default();
             before.entry(*key).or_insert_with(|| rows.get(key).cloned());
             questions_before
@@ -324,7 +410,7 @@ impl DatasetShards {
         for ((key, row), _) in net.iter().filter(|(_, d)| **d < 0) {
             let rows = self
                 .shards
-                .get_mut(&shard_of(key.question, shard_count))
+                .get_mut(&change_part_of(key.question, shard_count))
                 .expect("shard");
             if rows.get(key) == Some(row) {
                 rows.remove(key);
@@ -333,14 +419,14 @@ impl DatasetShards {
         for ((key, row), _) in net.iter().filter(|(_, d)| **d > 0) {
             let rows = self
                 .shards
-                .get_mut(&shard_of(key.question, shard_count))
+                .get_mut(&change_part_of(key.question, shard_count))
                 .expect("shard");
             rows.insert(*key, row.clone());
         }
         // Changes, per shard in row-key order.
         let mut changes: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
         for (key, old) in &before {
-            let shard = shard_of(key.question, shard_count);
+            let shard = change_part_of(key.question, shard_count);
             let new = self.shards[&shard].get(key);
             if old.as_ref() == new {
                 continue;
@@ -383,14 +469,13 @@ impl DatasetShards {
             changes.entry(shard).or_default().push(change);
         }
         for (q, was) in questions_before {
-            let is = has_question(&self.shards[&shard_of(q, shard_count)], q);
+            let is = has_question(&self.shards[&change_part_of(q, shard_count)], q);
             if was != is {
                 stats.push((StatKey::DatasetQuestions, if is { 1 } else { -1 }));
             }
         }
         events.extend(stats.into_iter().map(|(k, d)| (SinkEvent::Stat(k), d)));
         for (shard, lines) in &changes {
-            self.write_shard(*shard)?;
             let part = self
                 .dirs
                 .parts()
@@ -398,20 +483,6 @@ impl DatasetShards {
             write_atomic(&part, &jsonl(lines.iter()))?;
         }
         Ok(())
-    }
-
-    fn write_shard(&self, shard: u32) -> std::io::Result<()> {
-        let path = shard_file(&self.dirs, shard);
-        let tmp = path.with_extension("tmp");
-        {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-            for row in self.shards[&shard].values() {
-                serde_json::to_writer(&mut w, &self.naming.render_row(row))?;
-                w.write_all(b"\n")?;
-            }
-            w.into_inner().map_err(|e| e.into_error())?.sync_data()?;
-        }
-        std::fs::rename(&tmp, &path)
     }
 }
 
@@ -423,6 +494,440 @@ fn has_question(rows: &BTreeMap<RowKey, Row>, q: QuestionId) -> bool {
     rows.range(start..)
         .next()
         .is_some_and(|(k, _)| k.question == q)
+}
+
+/// The manifest's format version.
+pub const MANIFEST_VERSION: u64 = 1;
+
+/// One file of a shard, as the manifest lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileEntry {
+    /// Relative to `dataset/`.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// xxh3-64 of the file's bytes, 16 hex digits.
+    pub checksum: String,
+}
+
+/// One shard, as the manifest lists it (and as its fragment in `dataset/.manifest/` holds it).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardEntry {
+    pub shard: u32,
+    pub files: Vec<FileEntry>,
+    /// The epoch (of run `run_written`) that last wrote a file of the shard.
+    pub epoch_written: Epoch,
+    pub run_written: u64,
+}
+
+/// `dataset/manifest.json`: what the dataset's files hold, written last after each epoch.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub format_version: u64,
+    /// Runs on this output folder that kept its dataset: 1, 2, ...
+    pub run: u64,
+    /// The run's epoch this manifest describes.
+    pub epoch: Epoch,
+    /// `jsonl`, `parquet` or `both`.
+    pub format: String,
+    pub shard_count: u32,
+    pub shards: Vec<ShardEntry>,
+    pub total_rows: u64,
+}
+
+/// Reads a manifest; `None` when it is missing or unreadable.
+pub fn read_manifest(path: &Path) -> Option<Manifest> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// xxh3-64 of bytes, as the manifest writes it.
+pub fn checksum(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+/// Whether every file of `entry` is on disk with its size and checksum.
+fn verify(dir: &Path, entry: &ShardEntry) -> bool {
+    entry.files.iter().all(|f| {
+        let path = dir.join(&f.path);
+        std::fs::metadata(&path).is_ok_and(|m| m.len() == f.bytes)
+            && std::fs::read(&path).is_ok_and(|b| checksum(&b) == f.checksum)
+    })
+}
+
+/// The dataset shards one worker owns: their rows, files and manifest fragments.
+pub struct DatasetFiles {
+    dirs: OutDirs,
+    naming: Naming,
+    format: SinkFormat,
+    shard_count: u32,
+    /// This run's number (the previous manifest's + 1).
+    run: u64,
+    /// Whether the run's first epoch has been handled.
+    started: bool,
+    /// shard -> row key -> row
+    shards: BTreeMap<u32, BTreeMap<RowKey, Row>>,
+    /// shard -> what its files hold now (the previous run's verified entry, or as written).
+    entries: BTreeMap<u32, ShardEntry>,
+}
+
+impl DatasetFiles {
+    /// Owns the shards `s` with `s % peers == worker`; takes their entries from the previous
+    /// run's manifest where the files still match them.
+    pub fn new(
+        dirs: OutDirs,
+        naming: Naming,
+        sink: &SinkSpec,
+        worker: usize,
+        peers: usize,
+    ) -> Self {
+        let previous = read_manifest(&dirs.manifest());
+        let run = previous.as_ref().map(|m| m.run + 1).unwrap_or(1);
+        let mut old: BTreeMap<u32, ShardEntry> = previous
+            .map(|m| m.shards.into_iter().map(|e| (e.shard, e)).collect())
+            .unwrap_or_default();
+        let mut shards = BTreeMap::new();
+        let mut entries = BTreeMap::new();
+        for s in (0..sink.shards).filter(|s| *s as usize % peers == worker) {
+            shards.insert(s, BTreeMap::new());
+            if let Some(e) = old.remove(&s).filter(|e| verify(&dirs.dataset(), e)) {
+                entries.insert(s, e);
+            }
+        }
+        DatasetFiles {
+            dirs,
+            naming,
+            format: sink.format,
+            shard_count: sink.shards,
+            run,
+            started: false,
+            shards,
+            entries,
+        }
+    }
+
+    /// Applies one epoch of row changes and refreshes the shards they touch (in the run's
+    /// first epoch, every owned shard). Pushes the shards rewritten and unchanged as stats.
+    pub fn epoch(
+        &mut self,
+        epoch: Epoch,
+        updates: Vec<((RowKey, Row), isize)>,
+        stats: &mut Vec<(StatKey, isize)>,
+    ) -> std::io::Result<()> {
+        let mut net: BTreeMap<(RowKey, Row), isize> = BTreeMap::new();
+        for (kr, d) in updates {
+            *net.entry(kr).or_insert(0) += d;
+        }
+        net.retain(|_, d| *d != 0);
+        let mut dirty: BTreeSet<u32> = BTreeSet::new();
+        if !self.started {
+            dirty.extend(self.shards.keys().copied());
+        }
+        // Retractions first, then insertions (a row whose question's text changed may move
+        // to another shard).
+        for ((key, row), _) in net.iter().filter(|(_, d)| **d < 0) {
+            let shard = shard_of(row.question.hash, self.shard_count);
+            let rows = self.shards.entry(shard).or_default();
+            if rows.get(key) == Some(row) {
+                rows.remove(key);
+                dirty.insert(shard);
+            }
+        }
+        for ((key, row), _) in net.iter().filter(|(_, d)| **d > 0) {
+            let shard = shard_of(row.question.hash, self.shard_count);
+            self.shards
+                .entry(shard)
+                .or_default()
+                .insert(*key, row.clone());
+            dirty.insert(shard);
+        }
+        for shard in dirty {
+            let key = if self.refresh(shard, epoch)? {
+                StatKey::ShardsRewritten
+            } else {
+                StatKey::ShardsUnchanged
+            };
+            stats.push((key, 1));
+        }
+        self.started = true;
+        Ok(())
+    }
+
+    /// Renders a shard and writes each of its files whose bytes differ from what its entry
+    /// says; writes its manifest fragment. Returns whether a file was written.
+    fn refresh(&mut self, shard: u32, epoch: Epoch) -> std::io::Result<bool> {
+        let rows: Vec<Value> = self.shards[&shard]
+            .values()
+            .map(|r| self.naming.render_row(r))
+            .collect();
+        let mut outputs: Vec<(&str, Vec<u8>)> = Vec::new();
+        if self.format.jsonl() {
+            outputs.push(("jsonl", jsonl(rows.iter())));
+        }
+        if self.format.parquet() {
+            outputs.push((
+                "parquet",
+                parquet_shard(&rows).map_err(std::io::Error::other)?,
+            ));
+        }
+        let old = self.entries.get(&shard);
+        let mut files = Vec::new();
+        let mut wrote = false;
+        for (ext, bytes) in outputs {
+            let name = shard_file_name(shard, ext);
+            let file = FileEntry {
+                path: name.clone(),
+                rows: rows.len() as u64,
+                bytes: bytes.len() as u64,
+                checksum: checksum(&bytes),
+            };
+            if !old.is_some_and(|o| o.files.contains(&file)) {
+                write_atomic(&self.dirs.dataset().join(&name), &bytes)?;
+                wrote = true;
+            }
+            files.push(file);
+        }
+        let entry = match old {
+            Some(o) if !wrote && o.files == files => o.clone(),
+            _ => ShardEntry {
+                shard,
+                files,
+                epoch_written: epoch,
+                run_written: self.run,
+            },
+        };
+        if !self.started || old != Some(&entry) {
+            let fragment = self
+                .dirs
+                .manifest_parts()
+                .join(format!("part-{shard:05}.json"));
+            write_atomic(&fragment, &serde_json::to_vec(&entry).expect("json"))?;
+        }
+        self.entries.insert(shard, entry);
+        Ok(wrote)
+    }
+}
+
+/// Joins the shards' manifest fragments into `dataset/manifest.json` (worker 0, after an
+/// epoch's shards are written).
+pub struct ManifestWriter {
+    run: u64,
+    last: Option<(Vec<ShardEntry>, u64)>,
+}
+
+impl ManifestWriter {
+    /// Reads the previous run's manifest (before this run writes one) for the run number.
+    pub fn open(dirs: &OutDirs) -> Self {
+        ManifestWriter {
+            run: read_manifest(&dirs.manifest())
+                .map(|m| m.run + 1)
+                .unwrap_or(1),
+            last: None,
+        }
+    }
+
+    /// Writes the manifest of `epoch` when its shard entries changed (or on the run's first
+    /// epoch). Returns whether it wrote.
+    pub fn publish(
+        &mut self,
+        dirs: &OutDirs,
+        sink: &SinkSpec,
+        epoch: Epoch,
+    ) -> std::io::Result<bool> {
+        let mut shards = Vec::with_capacity(sink.shards as usize);
+        for s in 0..sink.shards {
+            let path = dirs.manifest_parts().join(format!("part-{s:05}.json"));
+            let bytes = std::fs::read(&path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
+            })?;
+            let entry: ShardEntry = serde_json::from_slice(&bytes)
+                .map_err(|e| std::io::Error::other(format!("reading {}: {e}", path.display())))?;
+            shards.push(entry);
+        }
+        let total_rows: u64 = shards
+            .iter()
+            .map(|e| e.files.first().map(|f| f.rows).unwrap_or(0))
+            .sum();
+        let now = (shards, total_rows);
+        if self.last.as_ref() == Some(&now) {
+            return Ok(false);
+        }
+        let manifest = Manifest {
+            format_version: MANIFEST_VERSION,
+            run: self.run,
+            epoch,
+            format: sink.format.as_str().to_string(),
+            shard_count: sink.shards,
+            shards: now.0.clone(),
+            total_rows: now.1,
+        };
+        let mut text = serde_json::to_vec_pretty(&manifest).expect("json");
+        text.push(b'\n');
+        write_atomic(&dirs.manifest(), &text)?;
+        self.last = Some(now);
+        Ok(true)
+    }
+}
+
+/// The Parquet schema of a dataset shard: the OpenThoughts3 columns, then the ids.
+pub fn parquet_schema() -> arrow_schema::SchemaRef {
+    use arrow_schema::{DataType, Field, Schema};
+    let turn = DataType::Struct(turn_fields());
+    Arc::new(Schema::new(vec![
+        Field::new("difficulty", DataType::Int64, true),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("domain", DataType::Utf8, false),
+        Field::new(
+            "conversations",
+            DataType::List(Arc::new(Field::new("item", turn, false))),
+            false,
+        ),
+        Field::new("row_id", DataType::Utf8, false),
+        Field::new("question_id", DataType::Utf8, false),
+        Field::new("teacher", DataType::Utf8, true),
+        Field::new("sample", DataType::Int64, false),
+        Field::new("score", DataType::Int64, true),
+    ]))
+}
+
+fn turn_fields() -> arrow_schema::Fields {
+    use arrow_schema::{DataType, Field};
+    arrow_schema::Fields::from(vec![
+        Field::new("from", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, false),
+    ])
+}
+
+/// Encodes rendered rows (see [`Naming::render_row`]) as one Parquet file (snappy).
+pub fn parquet_shard(rows: &[Value]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    use arrow_array::{ArrayRef, Int64Array, ListArray, RecordBatch, StringArray, StructArray};
+    let schema = parquet_schema();
+    let strings = |key: &str| -> ArrayRef {
+        Arc::new(
+            rows.iter()
+                .map(|r| r[key].as_str())
+                .collect::<StringArray>(),
+        )
+    };
+    let ints = |key: &str| -> ArrayRef {
+        Arc::new(rows.iter().map(|r| r[key].as_i64()).collect::<Int64Array>())
+    };
+    let mut lengths = Vec::with_capacity(rows.len());
+    let (mut from, mut value) = (Vec::new(), Vec::new());
+    for r in rows {
+        let turns = r["conversations"]
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or(&[]);
+        lengths.push(turns.len());
+        for t in turns {
+            from.push(t["from"].as_str().unwrap_or_default());
+            value.push(t["value"].as_str().unwrap_or_default());
+        }
+    }
+    let turns = StructArray::new(
+        turn_fields(),
+        vec![
+            Arc::new(StringArray::from(from)) as ArrayRef,
+            Arc::new(StringArray::from(value)) as ArrayRef,
+        ],
+        None,
+    );
+    let item = match schema
+        .field_with_name("conversations")
+        .map(|f| f.data_type())
+    {
+        Ok(arrow_schema::DataType::List(item)) => Arc::clone(item),
+        _ => unreachable!("conversations is a list"),
+    };
+    let conversations = ListArray::new(
+        item,
+        arrow_buffer::OffsetBuffer::from_lengths(lengths),
+        Arc::new(turns),
+        None,
+    );
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            ints("difficulty"),
+            strings("source"),
+            strings("domain"),
+            Arc::new(conversations),
+            strings("row_id"),
+            strings("question_id"),
+            strings("teacher"),
+            ints("sample"),
+            ints("score"),
+        ],
+    )?;
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(Vec::new(), schema, Some(props))?;
+    if batch.num_rows() > 0 {
+        writer.write(&batch)?;
+    }
+    writer.into_inner()
+}
+
+/// An epoch's capability and updates, held until the epoch is complete.
+type Pending<D> = (Capability<Epoch>, Vec<(D, isize)>);
+
+/// Like [`epoch_unary`](thoughtflow_operators::epoch::epoch_unary), but also calls `logic`
+/// (with no updates) for the first epoch when it has none, so that a sink can reconcile its
+/// files with the run's first epoch even when no row reaches it.
+pub fn first_epoch_unary<'s, D, O, P, L>(
+    input: VecCollection<'s, Epoch, D>,
+    pact: P,
+    name: &str,
+    mut logic: L,
+) -> VecCollection<'s, Epoch, O>
+where
+    D: Clone + 'static,
+    O: Clone + 'static,
+    P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
+    L: FnMut(Epoch, Vec<(D, isize)>, &mut Vec<(O, isize)>) + 'static,
+{
+    input
+        .inner
+        .unary_frontier(pact, name, move |cap, _info| {
+            let mut first: Option<Capability<Epoch>> = Some(cap);
+            let mut pending: BTreeMap<Epoch, Pending<D>> = BTreeMap::new();
+            let mut produced = Vec::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    for (d, t, r) in data.drain(..) {
+                        pending
+                            .entry(t)
+                            .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()))
+                            .1
+                            .push((d, r));
+                    }
+                });
+                if first
+                    .as_ref()
+                    .is_some_and(|c| !frontier.less_equal(c.time()))
+                {
+                    let c = first.take().expect("checked");
+                    let t = *c.time();
+                    pending.entry(t).or_insert_with(|| (c, Vec::new()));
+                }
+                while let Some((&t, _)) = pending.first_key_value() {
+                    if frontier.less_equal(&t) {
+                        break;
+                    }
+                    let (_, (cap, updates)) = pending.pop_first().expect("just peeked");
+                    produced.clear();
+                    logic(t, updates, &mut produced);
+                    if !produced.is_empty() {
+                        let mut session = output.session(&cap);
+                        for (o, d) in produced.drain(..) {
+                            session.give((o, t, d));
+                        }
+                    }
+                }
+            }
+        })
+        .as_collection()
 }
 
 /// Joins the change fragments of `epoch` into `changes/EEEEEEEE.jsonl` (shard order).
@@ -503,5 +1008,34 @@ impl<T: Ord + Clone> AuditTable<T> {
             write_atomic(&path, &out)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_equal_ranges_of_the_content_hash() {
+        assert_eq!(shard_of(ContentHash(0), 16), 0);
+        assert_eq!(shard_of(ContentHash(u64::MAX as u128), 16), 15);
+        assert_eq!(shard_of(ContentHash(1 << 63), 16), 8);
+        // The high bits (what `sample` selection orders by) do not pick the shard.
+        assert_eq!(shard_of(ContentHash(u128::MAX << 64), 16), 0);
+        assert_eq!(shard_of(ContentHash(12345), 1), 0);
+    }
+
+    #[test]
+    fn parquet_shards_are_deterministic_and_valid() {
+        let rows = vec![json!({
+            "row_id": "s/1/t/0", "question_id": "1", "source": "s", "domain": "math",
+            "difficulty": 3, "score": null, "teacher": "t", "sample": 0,
+            "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+        })];
+        let a = parquet_shard(&rows).unwrap();
+        assert_eq!(a, parquet_shard(&rows).unwrap());
+        assert!(a.starts_with(b"PAR1") && a.ends_with(b"PAR1"));
+        let empty = parquet_shard(&[]).unwrap();
+        assert!(empty.starts_with(b"PAR1") && empty.ends_with(b"PAR1"));
     }
 }

@@ -39,6 +39,10 @@ pub enum StatKey {
     /// Dataset changes published (counted per epoch).
     ChangeUpserts,
     ChangeDeletes,
+    /// Dataset shards whose files were rewritten (counted per epoch).
+    ShardsRewritten,
+    /// Dataset shards re-rendered with the same bytes, left untouched (counted per epoch).
+    ShardsUnchanged,
 }
 
 impl StatKey {
@@ -50,6 +54,8 @@ impl StatKey {
                 | StatKey::IngestWork
                 | StatKey::ChangeUpserts
                 | StatKey::ChangeDeletes
+                | StatKey::ShardsRewritten
+                | StatKey::ShardsUnchanged
         )
     }
 }
@@ -233,6 +239,16 @@ pub fn render(state: &StatsState, ctx: &StatsContext) -> Value {
             "changes_total": {
                 "upserts": state.total(&StatKey::ChangeUpserts),
                 "deletes": state.total(&StatKey::ChangeDeletes),
+            },
+            "shards": {
+                "last_epoch": {
+                    "rewritten": state.last(&StatKey::ShardsRewritten),
+                    "unchanged": state.last(&StatKey::ShardsUnchanged),
+                },
+                "total": {
+                    "rewritten": state.total(&StatKey::ShardsRewritten),
+                    "unchanged": state.total(&StatKey::ShardsUnchanged),
+                },
             },
         },
         "contamination": { "by_benchmark": contamination },

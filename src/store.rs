@@ -1,13 +1,19 @@
 //! The process-wide store: question and answer texts, and what the sink needs to name things.
 //!
 //! Dataflow records carry ids and hashes only (DESIGN.md decision 3). The store maps them back:
-//! [`TextRef`] to text (content-addressed, [`MemTexts`]), [`QuestionId`] to the question's
+//! [`TextRef`] to text (content-addressed: [`DiskTexts`], an append-only file on disk with an
+//! in-memory index, for runs; [`MemTexts`] for tests), [`QuestionId`] to the question's
 //! source and external id, [`SourceId`] to the source's name. Every worker of a process shares
 //! one store; ingest writes a question's entries before the question enters the dataflow, so
 //! any step or sink that sees the question finds them.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use thoughtflow_operators::record::{QuestionId, SourceId, TextRef};
 use thoughtflow_operators::text::{MemTexts, TextLookup};
 
@@ -20,22 +26,207 @@ pub struct QuestionName {
     pub id: Arc<str>,
 }
 
+/// One entry of the store, as it travels between the processes of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum StoreDelta {
+    Text(TextRef, String),
+    Name(QuestionId, SourceId, String),
+    Source(SourceId, String),
+}
+
+thread_local! {
+    /// What this thread put into the store since its last [`Store::drain_journal`] (cluster
+    /// mode only): a worker ships it to the other processes with the epoch it ingested.
+    static JOURNAL: RefCell<Vec<StoreDelta>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Texts on disk: one append-only file of `[key: 16 bytes][length: u32][UTF-8 bytes]` records,
+/// and an in-memory index from key to (offset, length), about 40 bytes per text instead of the
+/// text itself. Reads are positioned reads (`pread`), served by the page cache when hot.
+/// The file is scratch space for one run: a restart replays its inputs and writes it anew.
+pub struct DiskTexts {
+    index: Vec<RwLock<HashMap<TextRef, (u64, u32)>>>,
+    writer: Mutex<(std::io::BufWriter<std::fs::File>, u64)>,
+    /// Bytes of the file known to be written through to the OS (readable with `pread`).
+    flushed: AtomicU64,
+    reader: std::fs::File,
+}
+
+impl DiskTexts {
+    /// Creates (or truncates) the store file at `path`.
+    pub fn create(path: &Path) -> std::io::Result<DiskTexts> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .read(true)
+            .open(path)?;
+        let reader = file.try_clone()?;
+        Ok(DiskTexts {
+            index: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            writer: Mutex::new((std::io::BufWriter::with_capacity(1 << 20, file), 0)),
+            flushed: AtomicU64::new(0),
+            reader,
+        })
+    }
+
+    fn shard(&self, key: TextRef) -> &RwLock<HashMap<TextRef, (u64, u32)>> {
+        &self.index[(key.0 as usize) % SHARDS]
+    }
+
+    pub fn contains(&self, key: TextRef) -> bool {
+        self.shard(key)
+            .read()
+            .expect("text index lock")
+            .contains_key(&key)
+    }
+
+    /// Stores `text` under `key` (a [`thoughtflow_operators::hash::text_ref`]); a no-op when
+    /// the key is present. Panics if the disk fails: the run cannot go on without its texts.
+    pub fn put_with_key(&self, key: TextRef, text: &str) {
+        if self.contains(key) {
+            return;
+        }
+        let mut w = self.writer.lock().expect("text writer lock");
+        let mut shard = self.shard(key).write().expect("text index lock");
+        if shard.contains_key(&key) {
+            return;
+        }
+        let (out, len) = &mut *w;
+        let at = *len + 20;
+        let write = out
+            .write_all(&key.0.to_le_bytes())
+            .and_then(|_| out.write_all(&(text.len() as u32).to_le_bytes()))
+            .and_then(|_| out.write_all(text.as_bytes()));
+        if let Err(e) = write {
+            panic!("writing the text store: {e}");
+        }
+        *len += 20 + text.len() as u64;
+        shard.insert(key, (at, text.len() as u32));
+    }
+
+    fn read(&self, at: u64, len: u32) -> Option<Arc<str>> {
+        if at + len as u64 > self.flushed.load(Ordering::Acquire) {
+            let mut w = self.writer.lock().expect("text writer lock");
+            if let Err(e) = w.0.flush() {
+                panic!("flushing the text store: {e}");
+            }
+            self.flushed.store(w.1, Ordering::Release);
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.reader.read_exact_at(&mut buf, at).ok()?;
+        String::from_utf8(buf).ok().map(Arc::from)
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.writer.lock().expect("text writer lock").1
+    }
+}
+
+impl TextLookup for DiskTexts {
+    fn get(&self, key: TextRef) -> Option<Arc<str>> {
+        let at = *self.shard(key).read().expect("text index lock").get(&key)?;
+        self.read(at.0, at.1)
+    }
+}
+
+/// Where a store keeps its texts.
+pub enum Texts {
+    Memory(Arc<MemTexts>),
+    Disk(DiskTexts),
+}
+
+impl Texts {
+    pub fn put_with_key(&self, key: TextRef, text: &str) {
+        match self {
+            Texts::Memory(m) => m.put_with_key(key, text),
+            Texts::Disk(d) => d.put_with_key(key, text),
+        }
+    }
+}
+
+impl TextLookup for Texts {
+    fn get(&self, key: TextRef) -> Option<Arc<str>> {
+        match self {
+            Texts::Memory(m) => m.get(key),
+            Texts::Disk(d) => d.get(key),
+        }
+    }
+}
+
 pub struct Store {
-    pub texts: Arc<MemTexts>,
+    pub texts: Arc<Texts>,
+    /// Cluster mode: worker threads per process (the store is then replicated: see
+    /// [`StoreDelta`]); `None` for a single process.
+    cluster_threads: Option<usize>,
     names: Vec<RwLock<HashMap<QuestionId, QuestionName>>>,
     sources: RwLock<HashMap<SourceId, Arc<str>>>,
 }
 
 impl Store {
+    /// An in-memory store (tests, tools).
     pub fn new() -> Arc<Store> {
+        Self::build(None, Texts::Memory(MemTexts::new()))
+    }
+
+    /// A run's store: texts in the file `texts` (created anew). In a cluster (`threads` workers
+    /// per process) what this process's workers put is journaled, to be shipped to the other
+    /// processes (see `render`).
+    pub fn open(texts: &Path, cluster_threads: Option<usize>) -> std::io::Result<Arc<Store>> {
+        Ok(Self::build(
+            cluster_threads,
+            Texts::Disk(DiskTexts::create(texts)?),
+        ))
+    }
+
+    fn build(cluster_threads: Option<usize>, texts: Texts) -> Arc<Store> {
         Arc::new(Store {
-            texts: MemTexts::new(),
+            cluster_threads,
+            texts: Arc::new(texts),
             names: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             sources: RwLock::new(HashMap::new()),
         })
     }
 
+    fn has_text(&self, key: TextRef) -> bool {
+        match &*self.texts {
+            Texts::Memory(m) => m.get(key).is_some(),
+            Texts::Disk(d) => d.contains(key),
+        }
+    }
+
+    pub fn cluster_threads(&self) -> Option<usize> {
+        self.cluster_threads
+    }
+
+    fn journal(&self, delta: impl FnOnce() -> StoreDelta) {
+        if self.cluster_threads.is_some() {
+            JOURNAL.with(|j| j.borrow_mut().push(delta()));
+        }
+    }
+
+    /// Takes what this thread put since the last call (cluster mode).
+    pub fn drain_journal(&self) -> Vec<StoreDelta> {
+        JOURNAL.with(|j| std::mem::take(&mut *j.borrow_mut()))
+    }
+
+    /// Applies an entry another process put (not journaled again).
+    pub fn apply(&self, delta: StoreDelta) {
+        match delta {
+            StoreDelta::Text(key, text) => self.texts.put_with_key(key, &text),
+            StoreDelta::Name(qid, source, id) => self.insert_name(qid, source, &id),
+            StoreDelta::Source(id, name) => self.insert_source(id, &name),
+        }
+    }
+
     pub fn put_text(&self, key: TextRef, text: &str) {
+        if self.cluster_threads.is_some() && !self.has_text(key) {
+            self.journal(|| StoreDelta::Text(key, text.to_string()));
+        }
         self.texts.put_with_key(key, text);
     }
 
@@ -44,6 +235,15 @@ impl Store {
     }
 
     pub fn register_source(&self, id: SourceId, name: &str) {
+        if self.cluster_threads.is_some()
+            && !self.sources.read().expect("store lock").contains_key(&id)
+        {
+            self.journal(|| StoreDelta::Source(id, name.to_string()));
+        }
+        self.insert_source(id, name);
+    }
+
+    fn insert_source(&self, id: SourceId, name: &str) {
         self.sources
             .write()
             .expect("store lock")
@@ -62,6 +262,18 @@ impl Store {
     }
 
     pub fn put_name(&self, qid: QuestionId, source: SourceId, id: &str) {
+        if self.cluster_threads.is_some()
+            && !self.names[(qid.0 as usize) % SHARDS]
+                .read()
+                .expect("store lock")
+                .contains_key(&qid)
+        {
+            self.journal(|| StoreDelta::Name(qid, source, id.to_string()));
+        }
+        self.insert_name(qid, source, id);
+    }
+
+    fn insert_name(&self, qid: QuestionId, source: SourceId, id: &str) {
         let shard = &self.names[(qid.0 as usize) % SHARDS];
         if shard.read().expect("store lock").contains_key(&qid) {
             return;

@@ -169,6 +169,49 @@ impl Cache {
     }
 }
 
+type Pending = (
+    ([u8; 16], Entry),
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+);
+
+/// Group commit: answers handed to [`Committer::commit`] from any task are written by one
+/// thread, every answer waiting at the time in one fsynced transaction. A commit costs an
+/// fsync whatever it holds, so under load this keeps the window between an answer received
+/// (paid) and it durable to about one commit, instead of a queue of one commit per answer.
+pub struct Committer {
+    tx: std::sync::mpsc::Sender<Pending>,
+}
+
+impl Committer {
+    pub fn start(cache: std::sync::Arc<Cache>) -> std::io::Result<Committer> {
+        let (tx, rx) = std::sync::mpsc::channel::<Pending>();
+        std::thread::Builder::new()
+            .name("llm-cache".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let (entries, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let r = cache.put_many(&entries).map_err(|e| e.to_string());
+                    for reply in replies {
+                        let _ = reply.send(r.clone());
+                    }
+                }
+            })?;
+        Ok(Committer { tx })
+    }
+
+    /// Commits one answer (with whatever else is waiting); returns once it is durable.
+    pub async fn commit(&self, id: [u8; 16], entry: Entry) -> Result<(), String> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(((id, entry), reply))
+            .map_err(|_| "call cache: the writer has stopped".to_string())?;
+        done.await
+            .unwrap_or_else(|_| Err("call cache: the writer has stopped".to_string()))
+    }
+}
+
 fn db_err<E: std::fmt::Display>(e: E) -> CacheError {
     CacheError::Db(e.to_string())
 }

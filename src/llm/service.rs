@@ -6,7 +6,7 @@
 //!                                  per endpoint: semaphore (concurrency), request and token
 //!                                  buckets (rpm, tpm), retries with backoff + jitter
 //!                                                      |
-//!                                   answer --commit to cache (fsync)--> results
+//!                  answer --group commit to cache (one fsync per group)--> results
 //!  worker 0 <--drain_results-- results   (inserted into the dataflow at the next epoch)
 //! ```
 //!
@@ -18,7 +18,7 @@
 //! say so. In dry-run mode no call is made: misses are counted, their tokens estimated, and a
 //! placeholder answer lets the dataflow go on to the next stage.
 
-use super::cache::{Cache, CallKey, Entry};
+use super::cache::{Cache, CallKey, Committer, Entry};
 use super::client::{backoff, Client, Completion, Sampling};
 use super::{EndpointConfig, Prices};
 use serde_json::{json, Value};
@@ -162,6 +162,8 @@ impl Endpoint {
 pub struct Service {
     rt: tokio::runtime::Runtime,
     cache: Arc<Cache>,
+    /// Answers are committed through it, in groups (one fsync for all that are waiting).
+    committer: Committer,
     endpoints: HashMap<String, Arc<Endpoint>>,
     state: Arc<Mutex<State>>,
     prices: Prices,
@@ -171,6 +173,8 @@ pub struct Service {
     results_rx: Mutex<mpsc::Receiver<CallResult>>,
     /// Targets submitted and not yet drained.
     outstanding: Arc<AtomicUsize>,
+    /// Results sent and not yet drained.
+    ready: AtomicUsize,
 }
 
 impl Service {
@@ -210,9 +214,11 @@ impl Service {
             })
             .collect();
         let (tx, rx) = mpsc::channel();
+        let cache = Arc::new(cache);
         Ok(Arc::new(Service {
             rt,
-            cache: Arc::new(cache),
+            committer: Committer::start(Arc::clone(&cache))?,
+            cache,
             endpoints,
             state: Arc::new(Mutex::new(State::default())),
             prices,
@@ -221,6 +227,7 @@ impl Service {
             results_tx: tx,
             results_rx: Mutex::new(rx),
             outstanding: Arc::new(AtomicUsize::new(0)),
+            ready: AtomicUsize::new(0),
         }))
     }
 
@@ -258,8 +265,14 @@ impl Service {
     pub fn drain_results(&self) -> Vec<CallResult> {
         let rx = self.results_rx.lock().expect("results lock");
         let out: Vec<CallResult> = rx.try_iter().collect();
+        self.ready.fetch_sub(out.len(), Ordering::SeqCst);
         self.outstanding.fetch_sub(out.len(), Ordering::SeqCst);
         out
+    }
+
+    /// Whether every result awaited is ready to be drained.
+    pub fn all_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) >= self.outstanding()
     }
 
     /// Waits up to `timeout` for a result to be ready (it stays queued for `drain_results`).
@@ -325,6 +338,7 @@ impl Service {
         cached: bool,
     ) {
         for target in targets {
+            self.ready.fetch_add(1, Ordering::SeqCst);
             let _ = self.results_tx.send(CallResult {
                 target,
                 id,
@@ -545,6 +559,7 @@ impl Service {
                     c.completion_tokens += completion.completion_tokens;
                     c.cost_usd += price;
                 });
+                crate::runtime::test_pause("llm-answered");
                 // Durable before it enters the dataflow.
                 let entry = Entry {
                     key: req.key.text(),
@@ -556,13 +571,10 @@ impl Service {
                         .unwrap_or(0),
                     latency_ms,
                 };
-                let cache = Arc::clone(&self.cache);
-                let stored = tokio::task::spawn_blocking(move || cache.put_many(&[(id, entry)]))
-                    .await
-                    .expect("cache write task");
-                if let Err(e) = stored {
+                if let Err(e) = self.committer.commit(id, entry).await {
                     tracing::error!("llm: {e}: the answer is used but not cached");
                 }
+                crate::runtime::test_pause("llm-cached");
                 let targets = self.finish(id);
                 self.send(id, targets, Ok(completion), false);
             }

@@ -273,10 +273,37 @@ pub struct StepSpec {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SinkSpec {
-    /// Number of dataset shards (by question-id hash).
+    /// Number of dataset shards (by range of the question's content hash).
     pub shards: u32,
+    /// The dataset shards' file format(s).
+    pub format: SinkFormat,
     /// The dataset's changelog topic, if any.
     pub kafka: Option<KafkaSinkSpec>,
+}
+
+/// The dataset shards' file format: `part-SSSSS.jsonl`, `part-SSSSS.parquet`, or both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SinkFormat {
+    #[default]
+    Jsonl,
+    Parquet,
+    Both,
+}
+
+impl SinkFormat {
+    pub fn jsonl(self) -> bool {
+        matches!(self, SinkFormat::Jsonl | SinkFormat::Both)
+    }
+    pub fn parquet(self) -> bool {
+        matches!(self, SinkFormat::Parquet | SinkFormat::Both)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkFormat::Jsonl => "jsonl",
+            SinkFormat::Parquet => "parquet",
+            SinkFormat::Both => "both",
+        }
+    }
 }
 
 /// The changelog topic: key = row id, value = the row, tombstone on retraction.
@@ -429,6 +456,14 @@ fn read_recipe(file: &Path, dir: &Path, table: &toml::Table, issues: &Issues) ->
     let sink = match root.opt_table("sink") {
         Some(s) => {
             let shards = s.opt_int("shards", 1, 4096).unwrap_or(4) as u32;
+            let format = match s
+                .opt_choice("format", &["jsonl", "parquet", "both"])
+                .as_deref()
+            {
+                Some("parquet") => SinkFormat::Parquet,
+                Some("both") => SinkFormat::Both,
+                _ => SinkFormat::Jsonl,
+            };
             let kafka = s.opt_table("kafka").and_then(|k| {
                 let topic = k.req_str("topic");
                 let progress = k.opt_bool("progress").unwrap_or(true);
@@ -436,10 +471,15 @@ fn read_recipe(file: &Path, dir: &Path, table: &toml::Table, issues: &Issues) ->
                 topic.map(|topic| KafkaSinkSpec { topic, progress })
             });
             s.finish();
-            SinkSpec { shards, kafka }
+            SinkSpec {
+                shards,
+                format,
+                kafka,
+            }
         }
         None => SinkSpec {
             shards: 4,
+            format: SinkFormat::Jsonl,
             kafka: None,
         },
     };

@@ -58,15 +58,8 @@ fn demo_matches_golden() {
     run_ok(&["run", "pipelines/demo.toml", "--out", out.to_str().unwrap()]);
     golden("demo/rows.tsv", &row_summary(&out));
     let s = stats(&out);
-    // Sizes are golden; work counters depend on batching and are checked elsewhere.
-    let mut sizes = s.clone();
-    for st in sizes["steps"].as_array_mut().unwrap() {
-        st.as_object_mut().unwrap().remove("work");
-    }
-    sizes.as_object_mut().unwrap()["ingest"]
-        .as_object_mut()
-        .unwrap()
-        .remove("work");
+    // Sizes are golden; work counters and speed depend on batching and timing.
+    let sizes = crate::util::sizes(s.clone());
     golden(
         "demo/stats.json",
         &(serde_json::to_string_pretty(&sizes).unwrap() + "\n"),
@@ -125,23 +118,6 @@ fn demo_matches_golden() {
     assert_eq!(step(&s, "answer_dedup")["out"], s["dataset"]["rows"]);
 }
 
-fn read_all(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    for sub in ["dataset", "rejections", "contamination", "changes"] {
-        let mut entries: Vec<_> = std::fs::read_dir(dir.join(sub))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_file())
-            .collect();
-        entries.sort();
-        for p in entries {
-            let name = p.strip_prefix(dir).unwrap().display().to_string();
-            files.push((name, std::fs::read(&p).unwrap()));
-        }
-    }
-    files
-}
-
 #[test]
 fn one_and_two_workers_publish_identical_files() {
     let tmp = tempfile::tempdir().unwrap();
@@ -156,7 +132,10 @@ fn one_and_two_workers_publish_identical_files() {
         "--workers",
         "2",
     ]);
-    let (a, b) = (read_all(&one), read_all(&two));
+    let (a, b) = (
+        crate::util::read_outputs(&one),
+        crate::util::read_outputs(&two),
+    );
     assert_eq!(
         a.iter().map(|(n, _)| n).collect::<Vec<_>>(),
         b.iter().map(|(n, _)| n).collect::<Vec<_>>()
@@ -164,13 +143,10 @@ fn one_and_two_workers_publish_identical_files() {
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         assert!(x == y, "{name} differs between 1 and 2 workers");
     }
-    let (mut sa, mut sb) = (stats(&one), stats(&two));
-    for s in [&mut sa, &mut sb] {
-        // Work counts batches, which depend on the number of workers; sizes do not.
-        for st in s["steps"].as_array_mut().unwrap() {
-            st.as_object_mut().unwrap().remove("work");
-        }
-    }
+    let (sa, sb) = (
+        crate::util::sizes(stats(&one)),
+        crate::util::sizes(stats(&two)),
+    );
     assert_eq!(sa, sb);
 }
 

@@ -7,6 +7,11 @@
 //! `[[500]]` always 500; `[[slow]]` answers after 3 s; `[[truncated]]` sends half a body;
 //! `[[garbage]]` 200 with a non-JSON body; `[[reset]]` closes the connection unanswered;
 //! `[[words]]` answers a grade in prose with no number.
+//!
+//! [`StandIn::deterministic`] is the crash tests' server: every answer is a function of the
+//! request body (the same request always gets the same grade and text), each answer comes after
+//! a delay, and it counts, per distinct request body, requests received and responses whose
+//! write completed ([`Ledger`]).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -21,11 +26,61 @@ pub struct StandIn {
     pub completions: Arc<AtomicUsize>,
     /// Every request received.
     pub requests: Arc<AtomicUsize>,
+    /// Per request body (deterministic mode only).
+    pub ledger: Arc<Ledger>,
     stop: Arc<AtomicBool>,
+}
+
+/// What a deterministic stand-in saw, per distinct request body, by request id: the FNV-1a
+/// hash of the body, in hex, which every answer quotes as `#h=ID`.
+#[derive(Default)]
+pub struct Ledger {
+    /// Requests received, by request id.
+    pub received: Mutex<HashMap<String, usize>>,
+    /// Responses written in full (each one billed by a real endpoint), by request id.
+    pub finished: Mutex<HashMap<String, usize>>,
+    /// Requests being handled now.
+    pub active: AtomicUsize,
+}
+
+impl Ledger {
+    /// Distinct bodies answered in full, and all full answers.
+    pub fn finished_counts(&self) -> (usize, usize) {
+        let f = self.finished.lock().unwrap();
+        (f.len(), f.values().sum())
+    }
+
+    /// Waits until no request is being handled (a killed client's last calls are settled).
+    pub fn settle(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.active.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Deterministic mode: the delay before each answer.
+#[derive(Clone, Copy)]
+struct Mode {
+    deterministic: Option<Duration>,
 }
 
 impl StandIn {
     pub fn start() -> StandIn {
+        Self::start_mode(Mode {
+            deterministic: None,
+        })
+    }
+
+    /// Answers that depend only on the request body, each after `delay`; see [`Ledger`].
+    pub fn deterministic(delay: Duration) -> StandIn {
+        Self::start_mode(Mode {
+            deterministic: Some(delay),
+        })
+    }
+
+    fn start_mode(mode: Mode) -> StandIn {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
@@ -33,17 +88,23 @@ impl StandIn {
         let requests = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let (c2, r2, s2) = (
+        let ledger: Arc<Ledger> = Arc::default();
+        let (c2, r2, s2, l2) = (
             Arc::clone(&completions),
             Arc::clone(&requests),
             Arc::clone(&stop),
+            Arc::clone(&ledger),
         );
         std::thread::spawn(move || {
             while !s2.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let (c3, r3, seen) = (Arc::clone(&c2), Arc::clone(&r2), Arc::clone(&seen));
-                        std::thread::spawn(move || serve(stream, &c3, &r3, &seen));
+                        let l3 = Arc::clone(&l2);
+                        std::thread::spawn(move || match mode.deterministic {
+                            Some(delay) => serve_deterministic(stream, delay, &c3, &r3, &l3),
+                            None => serve(stream, &c3, &r3, &seen),
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -53,6 +114,7 @@ impl StandIn {
             port,
             completions,
             requests,
+            ledger,
             stop,
         }
     }
@@ -192,4 +254,51 @@ fn serve(
         }
         _ => ok(&mut stream),
     }
+}
+
+/// FNV-1a: a stable hash of a request body, so answers do not depend on the process.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn serve_deterministic(
+    mut stream: TcpStream,
+    delay: Duration,
+    completions: &AtomicUsize,
+    requests: &AtomicUsize,
+    ledger: &Ledger,
+) {
+    ledger.active.fetch_add(1, Ordering::SeqCst);
+    if let Some(body) = read_request(&mut stream) {
+        requests.fetch_add(1, Ordering::SeqCst);
+        let h = fnv(&body);
+        let id = format!("{h:016x}");
+        *ledger
+            .received
+            .lock()
+            .unwrap()
+            .entry(id.clone())
+            .or_insert(0) += 1;
+        std::thread::sleep(delay);
+        let content = if body.contains("grade the difficulty") {
+            format!(
+                r#"{{"difficulty": {}, "reason": "stand-in #h={id}"}}"#,
+                1 + h % 10
+            )
+        } else {
+            format!("Deterministic answer #h={id}: the result follows from the statement.")
+        };
+        let body_out = completion(&content);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body_out}",
+            body_out.len()
+        );
+        if stream.write_all(response.as_bytes()).is_ok() && stream.flush().is_ok() {
+            completions.fetch_add(1, Ordering::SeqCst);
+            *ledger.finished.lock().unwrap().entry(id).or_insert(0) += 1;
+        }
+    }
+    ledger.active.fetch_sub(1, Ordering::SeqCst);
 }

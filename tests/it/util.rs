@@ -169,3 +169,36 @@ impl Drop for Following {
         let _ = self.child.kill();
     }
 }
+
+/// Every published file (dataset, rejections, contamination, changes) with its bytes, sorted.
+pub fn read_outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for sub in ["dataset", "rejections", "contamination", "changes"] {
+        let mut entries: Vec<_> = std::fs::read_dir(dir.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let name = p.strip_prefix(dir).unwrap().display().to_string();
+            files.push((name, std::fs::read(&p).unwrap()));
+        }
+    }
+    files
+}
+
+/// `stats.json` without what depends on batching or timing (work counters, replay speed): the
+/// sizes, which must not depend on the number of workers or processes.
+pub fn sizes(mut s: Value) -> Value {
+    if let Some(steps) = s["steps"].as_array_mut() {
+        for st in steps {
+            st.as_object_mut().unwrap().remove("work");
+        }
+    }
+    if let Some(ingest) = s["ingest"].as_object_mut() {
+        ingest.remove("work");
+    }
+    s.as_object_mut().unwrap().remove("replay");
+    s
+}

@@ -43,6 +43,7 @@
 use crate::epoch::{accumulate, epoch_binary};
 use crate::fuzzy::Pattern;
 use crate::hash;
+use crate::hash::{FastMap as HashMap, FastSet as HashSet};
 use crate::record::{
     BenchItem, Detail, Epoch, Match, MatchMethod, Question, QuestionId, Reason, Rejection, StepId,
     Subject, TextRef,
@@ -51,7 +52,7 @@ use crate::steps::StepOutput;
 use crate::text::TextLookup;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
@@ -278,14 +279,14 @@ impl BenchmarkIndex {
         let mut fuzzy = cfg.fuzzy.as_ref().map(|_| FuzzyIndex {
             chars: Vec::new(),
             patterns: Vec::new(),
-            by_gram: HashMap::new(),
+            by_gram: HashMap::default(),
             short: Vec::new(),
             by_len: Vec::new(),
         });
         for item in items {
             let at = index.items.len() as u32;
             if let Some(ng) = &cfg.ngram {
-                let mut seen = HashSet::new();
+                let mut seen = HashSet::default();
                 for (_, g) in ng.evidence(&item.text, cfg.skip_numeric, &cfg.ignored) {
                     if seen.insert(g) {
                         index.grams.entry(g).or_default().push(at);
@@ -298,7 +299,7 @@ impl BenchmarkIndex {
                 if grams.is_empty() {
                     f.short.push(at);
                 }
-                let mut seen = HashSet::new();
+                let mut seen = HashSet::default();
                 for g in grams {
                     if seen.insert(g) {
                         f.by_gram.entry(g).or_default().push(at);
@@ -340,7 +341,7 @@ impl BenchmarkIndex {
                 if let Some(items) = self.grams.get(&g) {
                     for &i in items {
                         hits.entry(i)
-                            .or_insert_with(|| (pos, HashSet::new()))
+                            .or_insert_with(|| (pos, HashSet::default()))
                             .1
                             .insert(g);
                     }
@@ -362,7 +363,7 @@ impl BenchmarkIndex {
             let q = fc.prepare_from(&prepared, text);
             let threshold = fc.threshold();
             let grams = hash::ngrams_of_hashes(&prepared.word_hashes, fc.candidate_ngram);
-            let mut candidates: BTreeSet<u32> = f.short.iter().copied().collect();
+            let mut candidates: Vec<u32> = f.short.clone();
             if grams.is_empty() {
                 let (lo, hi) = crate::fuzzy::length_range(q.len(), threshold);
                 let start = f.by_len.partition_point(|(l, _)| *l < lo);
@@ -370,7 +371,7 @@ impl BenchmarkIndex {
                     if *l > hi {
                         break;
                     }
-                    candidates.insert(*i);
+                    candidates.push(*i);
                 }
             } else {
                 for g in grams {
@@ -379,6 +380,8 @@ impl BenchmarkIndex {
                     }
                 }
             }
+            candidates.sort_unstable();
+            candidates.dedup();
             for i in candidates {
                 let chars = &f.chars[i as usize];
                 if !crate::fuzzy::lengths_allow(chars.len(), q.len(), threshold) {
@@ -416,10 +419,10 @@ pub fn ngram_matches<'s>(
     let mut matcher = Matcher {
         cfg,
         texts,
-        live: HashMap::new(),
+        live: HashMap::default(),
         items: BTreeMap::new(),
         index: BenchmarkIndex::default(),
-        emitted: HashMap::new(),
+        emitted: HashMap::default(),
     };
     epoch_binary(
         pairs,

@@ -794,7 +794,7 @@ pub fn build(
         );
         let mut files = DatasetFiles::new(dirs.clone(), naming.clone(), &recipe.sink, index, peers);
         let errors = Rc::clone(&sink_errors);
-        stats.push(crate::sink::first_epoch_unary(
+        stats.push(thoughtflow_operators::epoch::first_epoch_unary(
             rows,
             Exchange::new(move |u: &((RowKey, Row), Epoch, isize)| {
                 crate::sink::shard_of((u.0).1.question.hash, shards) as u64

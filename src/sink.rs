@@ -47,7 +47,6 @@ use crate::recipe::{SinkFormat, SinkSpec};
 use crate::stats::StatKey;
 use crate::store::Store;
 use crate::teachers::answer_text;
-use differential_dataflow::{AsCollection, VecCollection};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -58,9 +57,6 @@ use thoughtflow_operators::record::{
     AnswerText, ContentHash, Detail, Epoch, Match, QuestionId, Rejection, Row, RowKey, StepId,
     Subject,
 };
-use timely::dataflow::channels::pact::ParallelizationContract;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 
 /// One published row change, for the changelog topic: `value` is `None` for a delete.
 #[derive(
@@ -867,67 +863,6 @@ pub fn parquet_shard(rows: &[Value]) -> Result<Vec<u8>, parquet::errors::Parquet
         writer.write(&batch)?;
     }
     writer.into_inner()
-}
-
-/// An epoch's capability and updates, held until the epoch is complete.
-type Pending<D> = (Capability<Epoch>, Vec<(D, isize)>);
-
-/// Like [`epoch_unary`](thoughtflow_operators::epoch::epoch_unary), but also calls `logic`
-/// (with no updates) for the first epoch when it has none, so that a sink can reconcile its
-/// files with the run's first epoch even when no row reaches it.
-pub fn first_epoch_unary<'s, D, O, P, L>(
-    input: VecCollection<'s, Epoch, D>,
-    pact: P,
-    name: &str,
-    mut logic: L,
-) -> VecCollection<'s, Epoch, O>
-where
-    D: Clone + 'static,
-    O: Clone + 'static,
-    P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
-    L: FnMut(Epoch, Vec<(D, isize)>, &mut Vec<(O, isize)>) + 'static,
-{
-    input
-        .inner
-        .unary_frontier(pact, name, move |cap, _info| {
-            let mut first: Option<Capability<Epoch>> = Some(cap);
-            let mut pending: BTreeMap<Epoch, Pending<D>> = BTreeMap::new();
-            let mut produced = Vec::new();
-            move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    for (d, t, r) in data.drain(..) {
-                        pending
-                            .entry(t)
-                            .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()))
-                            .1
-                            .push((d, r));
-                    }
-                });
-                if first
-                    .as_ref()
-                    .is_some_and(|c| !frontier.less_equal(c.time()))
-                {
-                    let c = first.take().expect("checked");
-                    let t = *c.time();
-                    pending.entry(t).or_insert_with(|| (c, Vec::new()));
-                }
-                while let Some((&t, _)) = pending.first_key_value() {
-                    if frontier.less_equal(&t) {
-                        break;
-                    }
-                    let (_, (cap, updates)) = pending.pop_first().expect("just peeked");
-                    produced.clear();
-                    logic(t, updates, &mut produced);
-                    if !produced.is_empty() {
-                        let mut session = output.session(&cap);
-                        for (o, d) in produced.drain(..) {
-                            session.give((o, t, d));
-                        }
-                    }
-                }
-            }
-        })
-        .as_collection()
 }
 
 /// Joins the change fragments of `epoch` into `changes/EEEEEEEE.jsonl` (shard order).

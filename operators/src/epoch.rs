@@ -120,6 +120,40 @@ pub fn epoch_unary<'s, D, O, P, L>(
     input: VecCollection<'s, Epoch, D>,
     pact: P,
     name: &str,
+    logic: L,
+) -> VecCollection<'s, Epoch, O>
+where
+    D: Clone + 'static,
+    O: Clone + 'static,
+    P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
+    L: FnMut(Epoch, Updates<D>, &mut Vec<(O, isize)>) + 'static,
+{
+    epoch_unary_from(input, pact, name, false, logic)
+}
+
+/// Like [`epoch_unary`], but also calls `logic` (with no updates) for the first epoch when it
+/// has none, so that a sink can reconcile its files with a run's first epoch even when no
+/// record reaches it.
+pub fn first_epoch_unary<'s, D, O, P, L>(
+    input: VecCollection<'s, Epoch, D>,
+    pact: P,
+    name: &str,
+    logic: L,
+) -> VecCollection<'s, Epoch, O>
+where
+    D: Clone + 'static,
+    O: Clone + 'static,
+    P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
+    L: FnMut(Epoch, Updates<D>, &mut Vec<(O, isize)>) + 'static,
+{
+    epoch_unary_from(input, pact, name, true, logic)
+}
+
+fn epoch_unary_from<'s, D, O, P, L>(
+    input: VecCollection<'s, Epoch, D>,
+    pact: P,
+    name: &str,
+    always_first: bool,
     mut logic: L,
 ) -> VecCollection<'s, Epoch, O>
 where
@@ -130,7 +164,8 @@ where
 {
     input
         .inner
-        .unary_frontier(pact, name, move |_cap, _info| {
+        .unary_frontier(pact, name, move |cap, _info| {
+            let mut first: Option<Capability<Epoch>> = always_first.then_some(cap);
             let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Updates<D>)> = BTreeMap::new();
             let mut produced = Vec::new();
             move |(input, frontier), output| {
@@ -143,6 +178,14 @@ where
                             .push((d, r));
                     }
                 });
+                if first
+                    .as_ref()
+                    .is_some_and(|c| !frontier.less_equal(c.time()))
+                {
+                    let c = first.take().expect("checked");
+                    let t = *c.time();
+                    pending.entry(t).or_insert_with(|| (c, Vec::new()));
+                }
                 while let Some((&t, _)) = pending.first_key_value() {
                     if frontier.less_equal(&t) {
                         break;

@@ -12,9 +12,10 @@ use std::time::Duration;
 use thoughtflow_operators::hash;
 use thoughtflow_operators::record::{BenchItem, QuestionId};
 use thoughtflow_operators::steps::decontam::{
-    BenchmarkIndex, DecontamConfig, FuzzyConfig, NgramConfig,
+    BenchmarkIndex, DecontamConfig, FuzzyConfig, NgramConfig, NgramUnit, Tokens,
 };
 use thoughtflow_operators::steps::near_dedup::{band_keys, NearDedupConfig};
+use thoughtflow_operators::tokenize::TokenizerRef;
 
 fn lines(path: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(format!(
@@ -102,6 +103,7 @@ fn decontamination(c: &mut Criterion) {
         ngram: Some(NgramConfig::default()),
         skip_numeric: true,
         ignored: Vec::new(),
+        ignored_by_bench: Default::default(),
         fuzzy: None,
     };
     let fuzzy = DecontamConfig {
@@ -117,6 +119,26 @@ fn decontamination(c: &mut Criterion) {
         ngram: ngram.ngram.clone(),
         ..fuzzy.clone()
     };
+    // Token 13-grams with SmolLM2's tokenizer (written by `scripts/services install`), when
+    // present: the paper's mode.
+    let tokenizer = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools/tokenizers/smollm2-135m.json");
+    let token = match TokenizerRef::load(&tokenizer) {
+        Ok(tokenizer) => Some(DecontamConfig {
+            ngram: Some(NgramConfig {
+                n: 13,
+                unit: NgramUnit::Token(Tokens {
+                    tokenizer,
+                    normalized: true,
+                }),
+            }),
+            ..ngram.clone()
+        }),
+        Err(e) => {
+            eprintln!("token13 skipped: {e} (run scripts/services install)");
+            None
+        }
+    };
     let mut g = c.benchmark_group("decontaminate");
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
@@ -124,7 +146,11 @@ fn decontamination(c: &mut Criterion) {
     for n in sizes() {
         let qs = questions(n);
         g.throughput(Throughput::Elements(n as u64));
-        for (name, cfg) in [("ngram13", &ngram), ("fuzzy75", &fuzzy), ("both", &both)] {
+        let mut cases = vec![("ngram13", &ngram), ("fuzzy75", &fuzzy), ("both", &both)];
+        if let Some(t) = &token {
+            cases.push(("token13", t));
+        }
+        for (name, cfg) in cases {
             let index = BenchmarkIndex::build(cfg, items.iter());
             g.bench_with_input(BenchmarkId::new(name, n), &qs, |b, qs| {
                 b.iter(|| par(qs, |i, q| index.matches(cfg, QuestionId(i as u64), q).len()))

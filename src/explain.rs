@@ -32,9 +32,14 @@ pub fn describe(kind: &StepKind, recipe: &Recipe) -> String {
                 methods.push(format!(
                     "sharing a {}-{} n-gram{}{}",
                     ng.n,
-                    match ng.unit {
-                        NgramUnit::Word => "word",
-                        NgramUnit::Char => "character",
+                    match &ng.unit {
+                        NgramUnit::Word => "word".to_string(),
+                        NgramUnit::Char => "character".to_string(),
+                        NgramUnit::Token(t) => format!(
+                            "token ({}, {} text)",
+                            t.tokenizer.path,
+                            if t.normalized { "normalized" } else { "raw" }
+                        ),
                     },
                     if config.skip_numeric { " (number-only n-grams ignored)" } else { "" },
                     if config.ignored.is_empty() { String::new() } else { format!(" ({} common n-grams ignored)", config.ignored.len()) }

@@ -10,6 +10,7 @@
 //! - [`text`]: the content-addressed text store steps read texts from.
 //! - [`steps`]: `decontaminate`, `length_guard`, `score`, `select`, `dedup`, `fanout`,
 //!   `answer_dedup`.
+//! - [`tokenize`]: Hugging Face tokenizers for token n-grams.
 //! - [`epoch`]: the operator shape for steps that keep their own per-epoch state.
 
 pub mod epoch;
@@ -19,5 +20,6 @@ pub mod record;
 pub mod steps;
 pub mod testing;
 pub mod text;
+pub mod tokenize;
 
 pub use record::*;

@@ -139,3 +139,21 @@ pub fn upserts_to_updates<K: Ord + Clone, V: Ord + Clone, R: Ord + Clone>(
         })
         .collect()
 }
+
+/// A word-level tokenizer (split on whitespace and punctuation; `words` get ids 1.., anything
+/// else is `[UNK]` = 0), for tests of the token n-gram mode.
+pub fn word_level_tokenizer(words: &[&str]) -> crate::tokenize::TokenizerRef {
+    let vocab: Vec<String> = std::iter::once("[UNK]")
+        .chain(words.iter().copied())
+        .enumerate()
+        .map(|(i, w)| format!("{w:?}: {i}"))
+        .collect();
+    let json = format!(
+        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+"normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}}, "post_processor": null,
+"decoder": null, "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "[UNK]"}}}}"#,
+        vocab.join(", ")
+    );
+    crate::tokenize::TokenizerRef::from_bytes("word-level-test.json", json.as_bytes())
+        .expect("a valid word-level tokenizer")
+}

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use thoughtflow_operators::record::*;
 use thoughtflow_operators::steps::decontam::{
-    self, DecontamConfig, FuzzyConfig, NgramConfig, NgramUnit,
+    self, DecontamConfig, FuzzyConfig, NgramConfig, NgramUnit, Tokens,
 };
 use thoughtflow_operators::steps::fanout::{self, Answers, LookupBy, LookupKey};
 use thoughtflow_operators::steps::select::{self, GroupBy, GroupKey, GroupSizes, Selection};
@@ -318,17 +318,34 @@ proptest! {
     fn decontaminate_matches_reference(
         (script, texts) in decontam_script(),
         n in 1usize..4,
-        char_unit in any::<bool>(),
+        unit in 0u8..4,
         fuzzy in proptest::option::of(prop_oneof![Just(6000u32), Just(7500), Just(9000)]),
         skip_numeric in any::<bool>(),
+        ignore_for_b1 in any::<bool>(),
     ) {
-        let ngram = NgramConfig { n: if char_unit { n + 6 } else { n }, unit: if char_unit { NgramUnit::Char } else { NgramUnit::Word } };
+        // Word, character, and token n-grams (normalized or raw text) from a word-level
+        // tokenizer that knows only some of the words (the others are all [UNK]).
+        let tokens = |normalized| NgramUnit::Token(Tokens { tokenizer: thoughtflow_operators::testing::word_level_tokenizer(&WORDS[..3]), normalized });
+        let ngram = match unit {
+            0 => NgramConfig { n, unit: NgramUnit::Word },
+            1 => NgramConfig { n: n + 6, unit: NgramUnit::Char },
+            2 => NgramConfig { n, unit: tokens(true) },
+            _ => NgramConfig { n, unit: tokens(false) },
+        };
+        // Benchmark "bench1" ignores the n-grams of one phrase (its own "too common" list).
+        let mut ignored_by_bench = BTreeMap::new();
+        if ignore_for_b1 {
+            let mut own = ngram.grams(&WORDS[..n.max(2)].join(" "));
+            own.sort_unstable();
+            ignored_by_bench.insert("bench1".to_string(), own);
+        }
         // Exhaustive fuzzy candidates (any shared word): the indexed path must then equal the
         // brute force exactly. Recall of the default candidates is measured on real data.
         let cfg = DecontamConfig {
             ngram: Some(ngram),
             skip_numeric,
             ignored: Vec::new(),
+            ignored_by_bench,
             fuzzy: fuzzy.map(|threshold_bp| FuzzyConfig { threshold_bp, candidate_ngram: 1, normalize: true }),
         };
         let store = MemTexts::new();

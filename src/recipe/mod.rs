@@ -21,11 +21,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use thoughtflow_operators::record::Domain;
 use thoughtflow_operators::steps::answer_select::Keep;
-use thoughtflow_operators::steps::decontam::{DecontamConfig, FuzzyConfig, NgramConfig, NgramUnit};
+use thoughtflow_operators::steps::decontam::{
+    DecontamConfig, FuzzyConfig, NgramConfig, NgramUnit, Tokens,
+};
 use thoughtflow_operators::steps::fanout::LookupBy;
 use thoughtflow_operators::steps::near_dedup::{NearDedupConfig, Shingle, Similarity};
 use thoughtflow_operators::steps::score::Heuristic;
 use thoughtflow_operators::steps::select::GroupBy;
+use thoughtflow_operators::tokenize::TokenizerRef;
 
 /// Which fields of an input record hold what.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,6 +121,8 @@ pub struct BenchmarkSpec {
     pub name: String,
     pub input: Input,
     pub fields: FieldMap,
+    /// A file of phrases (one a line) whose n-grams never count against this benchmark's items.
+    pub ignore_phrases: Option<PathBuf>,
 }
 
 /// Fields of a replay teacher's answer file.
@@ -673,10 +678,12 @@ fn read_benchmarks(root: &Obj, dir: &Path) -> Vec<BenchmarkSpec> {
                                 read_input(&e, &catalog_dir, true),
                             ) {
                                 let fields = read_fields(&e, FieldMap::default());
+                                let ignore_phrases = read_phrase_file(&e, &catalog_dir);
                                 out.push(BenchmarkSpec {
                                     name,
                                     input,
                                     fields,
+                                    ignore_phrases,
                                 });
                             }
                             e.finish();
@@ -701,17 +708,68 @@ fn read_benchmarks(root: &Obj, dir: &Path) -> Vec<BenchmarkSpec> {
         let name = unique_name(b, &mut seen, "benchmark");
         let input = read_input(b, dir, true);
         let fields = read_fields(b, FieldMap::default());
+        let ignore_phrases = read_phrase_file(b, dir);
         if let (Some(name), Some(input)) = (name, input) {
             out.push(BenchmarkSpec {
                 name,
                 input,
                 fields,
+                ignore_phrases,
             });
         }
     }
     for b in entries {
         b.finish();
     }
+    out
+}
+
+/// `ignore_phrases = "FILE"`: a readable file of phrases, relative to the recipe.
+fn read_phrase_file(obj: &Obj, dir: &Path) -> Option<PathBuf> {
+    let file = obj.opt_str("ignore_phrases")?;
+    let path = dir.join(&file);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Some(path),
+        Ok(_) => {
+            obj.issue(
+                "ignore_phrases",
+                format!("{} is not a file", path.display()),
+            );
+            None
+        }
+        Err(e) => {
+            obj.issue("ignore_phrases", format!("reading {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+/// The benchmark names a spec's items carry: its name, and for a directory the stem of each
+/// file in it (read when the recipe is read).
+fn bench_names(b: &BenchmarkSpec) -> Vec<String> {
+    let mut names = vec![b.name.clone()];
+    if let Some(dir) = b.input.path().filter(|p| p.is_dir()) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if let Some(stem) = e.path().file_stem() {
+                    names.push(stem.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The n-gram hashes of every phrase (one a line, `#` comments) of a phrase file, sorted.
+fn phrase_grams(ng: &NgramConfig, text: &str) -> Vec<u64> {
+    let mut out: Vec<u64> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .flat_map(|l| ng.grams(l))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
     out
 }
 
@@ -875,10 +933,43 @@ fn read_decontam(
 ) -> (DecontamConfig, Option<Vec<String>>) {
     {
         let n = s.opt_int("ngram", 0, 1000).unwrap_or(13) as usize;
-        let unit = match s.opt_choice("unit", &["word", "char"]).as_deref() {
+        let tokenize = s.opt_choice("tokenize", &["normalized", "raw"]);
+        let tokenizer = s.opt_str("tokenizer");
+        let unit_choice = s.opt_choice("unit", &["word", "char", "token"]);
+        let unit = match unit_choice.as_deref() {
             Some("char") => NgramUnit::Char,
+            Some("token") => match &tokenizer {
+                None => {
+                    s.issue(
+                        "unit",
+                        "unit = \"token\" needs `tokenizer = \"path/to/tokenizer.json\"` (a Hugging Face tokenizer file, e.g. the teacher's)",
+                    );
+                    NgramUnit::Word
+                }
+                Some(file) => match TokenizerRef::load(&dir.join(file)) {
+                    Ok(tokenizer) => NgramUnit::Token(Tokens {
+                        tokenizer,
+                        normalized: tokenize.as_deref() != Some("raw"),
+                    }),
+                    Err(e) => {
+                        s.issue("tokenizer", e);
+                        NgramUnit::Word
+                    }
+                },
+            },
             _ => NgramUnit::Word,
         };
+        if unit_choice.as_deref() != Some("token") {
+            if tokenizer.is_some() {
+                s.issue(
+                    "tokenizer",
+                    "a tokenizer is only used with unit = \"token\"",
+                );
+            }
+            if tokenize.is_some() {
+                s.issue("tokenize", "`tokenize` is only used with unit = \"token\"");
+            }
+        }
         let fuzzy = match s.raw("fuzzy") {
             None => None,
             Some(toml::Value::Integer(t)) if (1..=100).contains(t) => Some(*t as f64),
@@ -901,20 +992,33 @@ fn read_decontam(
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
                     if let Some(ng) = &ngram {
-                        for line in text
-                            .lines()
-                            .map(str::trim)
-                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        {
-                            ignored.extend(ng.grams(line));
-                        }
+                        ignored = phrase_grams(ng, &text);
                     }
                 }
                 Err(e) => s.issue("ignore_phrases", format!("reading {}: {e}", path.display())),
             }
         }
-        ignored.sort_unstable();
-        ignored.dedup();
+        let mut ignored_by_bench = BTreeMap::new();
+        if let Some(ng) = &ngram {
+            for b in benchmarks {
+                if let Some(path) = &b.ignore_phrases {
+                    match std::fs::read_to_string(path) {
+                        Ok(text) => {
+                            let grams = phrase_grams(ng, &text);
+                            // A directory of files is one benchmark per file (named by stem):
+                            // the list applies to each file there.
+                            for name in bench_names(b) {
+                                ignored_by_bench.insert(name, grams.clone());
+                            }
+                        }
+                        Err(e) => s.issue(
+                            "benchmarks",
+                            format!("{}: reading {}: {e}", b.name, path.display()),
+                        ),
+                    }
+                }
+            }
+        }
         if ngram.is_none() && fuzzy.is_none() {
             s.issue("ngram", "ngram = 0 turns the n-gram method off, and no `fuzzy` threshold is set: nothing would be matched");
         }
@@ -943,6 +1047,7 @@ fn read_decontam(
                 ngram,
                 skip_numeric,
                 ignored,
+                ignored_by_bench,
                 fuzzy: fuzzy.map(|t| FuzzyConfig {
                     threshold_bp: (t * 100.0).round() as u32,
                     candidate_ngram,

@@ -157,6 +157,48 @@ max_tokens = 10
 }
 
 #[test]
+fn token_ngram_and_phrase_list_errors() {
+    // unit = "token" without a tokenizer; a tokenizer file that is not one; a benchmark's
+    // phrase list that does not exist; `tokenize` without the token unit.
+    let recipe = format!(
+        "{SOURCE}
+[[benchmarks]]
+name = \"b\"
+path = \"q.jsonl\"
+ignore_phrases = \"no-such-phrases.txt\"
+
+[[steps]]
+id = \"d1\"
+type = \"decontaminate\"
+unit = \"token\"
+
+[[steps]]
+id = \"d2\"
+type = \"decontaminate\"
+unit = \"token\"
+tokenizer = \"q.jsonl\"
+
+[[steps]]
+id = \"d3\"
+type = \"decontaminate\"
+tokenize = \"raw\"
+"
+    );
+    assert_reports(
+        &recipe,
+        &[
+            ("benchmarks[0].ignore_phrases", "no-such-phrases.txt"),
+            ("steps[0].unit", "unit = \"token\" needs `tokenizer = "),
+            (
+                "steps[1].tokenizer",
+                "is not a tokenizer.json the tokenizers library reads",
+            ),
+            ("steps[2].tokenize", "only used with unit = \"token\""),
+        ],
+    );
+}
+
+#[test]
 fn structure_errors() {
     assert_reports(
         "[recipe]\nname = \"x\"\ncolour = 1\n",

@@ -113,6 +113,7 @@ fn paper_rule() -> DecontamConfig {
         ngram: Some(NgramConfig::default()),
         skip_numeric: true,
         ignored: Vec::new(),
+        ignored_by_bench: Default::default(),
         fuzzy: Some(FuzzyConfig {
             threshold_bp: 7500,
             candidate_ngram: 3,
@@ -225,6 +226,58 @@ fn planted_copies_are_caught_and_clean_sources_are_not_flagged() {
         .filter(|m| m["question"]["id"].as_str().unwrap().starts_with("cuda/"))
         .collect();
     assert!(!boiler.is_empty() && boiler.iter().all(|m| m["benchmark"] == "mbpp_test"));
+
+    // The audit gives the boilerplate spans (the first shared n-gram of each match); added to
+    // the benchmark's own "too common" list they stop counting, so a few rounds of audit ->
+    // list clear the CUDA tasks, and every planted copy is still caught.
+    let mut spans: BTreeSet<String> = BTreeSet::new();
+    let mut boiler = boiler;
+    let listed = recipe("skip_numeric = false").replace(
+        "path = \"bench\"\n",
+        "path = \"bench\"\nignore_phrases = \"common.txt\"\n",
+    );
+    std::fs::write(dir.join("listed.toml"), listed).unwrap();
+    let mut matched = BTreeSet::new();
+    for round in 0..10 {
+        assert!(round < 9, "the phrase list does not converge: {spans:?}");
+        spans.extend(
+            boiler
+                .iter()
+                .map(|m| m["span"].as_str().unwrap().to_string()),
+        );
+        std::fs::write(
+            dir.join("common.txt"),
+            format!(
+                "# number runs that MBPP shares with CUDA tasks\n{}\n",
+                spans.iter().cloned().collect::<Vec<_>>().join("\n")
+            ),
+        )
+        .unwrap();
+        let out = dir.join(format!("listed-{round}"));
+        run_ok(&[
+            "run",
+            dir.join("listed.toml").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let all = read_jsonl(&out.join("contamination/matches.jsonl"));
+        matched = all
+            .iter()
+            .map(|m| m["question"]["id"].as_str().unwrap().to_string())
+            .collect();
+        boiler = all
+            .into_iter()
+            .filter(|m| m["question"]["id"].as_str().unwrap().starts_with("cuda/"))
+            .collect();
+        if boiler.is_empty() {
+            break;
+        }
+    }
+    for (id, _, kind) in &planted {
+        if matches!(*kind, "verbatim" | "recased") {
+            assert!(matched.contains(id), "{id} is still caught");
+        }
+    }
 }
 
 #[test]
@@ -245,6 +298,7 @@ fn the_fuzzy_candidate_index_finds_every_pair_the_brute_force_finds() {
             ngram: None,
             skip_numeric: true,
             ignored: Vec::new(),
+            ignored_by_bench: Default::default(),
             fuzzy: Some(FuzzyConfig {
                 threshold_bp,
                 candidate_ngram: 3,

@@ -471,3 +471,150 @@ fn dry_run_counts_calls_without_making_them() {
             > 0
     );
 }
+
+/// POST a JSON body over HTTP/1.1 on 127.0.0.1; returns the response body.
+fn post_json(port: u16, path: &str, body: &Value) -> Value {
+    use std::io::{Read, Write};
+    let body = body.to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    serde_json::from_str(body).unwrap()
+}
+
+/// The paper's token n-gram mode with a real model's tokenizer: the tokenizer.json that
+/// `scripts/services install` converts from SmolLM2's GGUF file tokenizes real questions into
+/// exactly the ids llama.cpp itself produces, and `unit = "token"` catches planted benchmark
+/// copies (normalized text by default; `tokenize = "raw"` is the paper's case-sensitive mode).
+#[test]
+fn token_ngrams_use_the_models_own_tokenizer() {
+    use thoughtflow_operators::tokenize::TokenizerRef;
+    let out = Command::new(repo().join("scripts/services"))
+        .arg("tokenizer-path")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tok_path = repo().join(String::from_utf8(out.stdout).unwrap().trim());
+    let tok = TokenizerRef::load(&tok_path).unwrap();
+
+    let lines = |f: &str| -> Vec<Value> {
+        std::fs::read_to_string(repo().join("pipelines/data").join(f))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let bench = lines("benchmarks/math500.jsonl");
+    let mathqa = lines("sources/mathqa.jsonl");
+    let code = lines("sources/codeio.jsonl");
+    let mut texts: Vec<String> = bench
+        .iter()
+        .take(40)
+        .chain(mathqa.iter().take(20))
+        .chain(code.iter().take(10))
+        .map(|v| v["problem"].as_str().unwrap().to_string())
+        .collect();
+    texts.push("Ünïcödé — naïve café, 東京 2024: x² + y² = 1 😀".into());
+    let teacher = Teacher::start();
+    for text in &texts {
+        let ours = tok.tokens(text).ids;
+        let theirs: Vec<u64> =
+            post_json(teacher.port, "/extras/tokenize", &json!({ "input": text }))["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap())
+                .collect();
+        // llama.cpp adds a BOS control token when the model asks for one; compare the text's.
+        let theirs = match theirs.split_first() {
+            Some((first, rest)) if rest.len() == ours.len() && *first < 17 => rest.to_vec(),
+            _ => theirs,
+        };
+        assert_eq!(
+            ours, theirs,
+            "token ids differ from llama.cpp's for {text:?}"
+        );
+    }
+    drop(teacher);
+
+    // Decontamination by 13-grams of tokens: real questions plus planted MATH-500 copies.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let long: Vec<&Value> = bench
+        .iter()
+        .filter(|v| {
+            let p = v["problem"].as_str().unwrap();
+            p.split_whitespace().count() >= 30 && !p.contains("[asy]")
+        })
+        .take(2)
+        .collect();
+    let mut rows: Vec<Value> = mathqa
+        .iter()
+        .take(300)
+        .map(|v| json!({"id": v["id"], "question": v["problem"]}))
+        .collect();
+    let verbatim = long[0]["problem"].as_str().unwrap();
+    let recased = long[1]["problem"].as_str().unwrap().to_uppercase();
+    rows.push(json!({"id": "planted-verbatim", "question": verbatim}));
+    rows.push(json!({"id": "planted-recased", "question": recased}));
+    write_jsonl(&dir.join("q.jsonl"), &rows);
+    std::fs::copy(
+        repo().join("pipelines/data/benchmarks/math500.jsonl"),
+        dir.join("math500.jsonl"),
+    )
+    .unwrap();
+    let flagged = |name: &str, extra: &str| -> Vec<String> {
+        let recipe = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &recipe,
+            format!(
+                "[[sources]]\nname = \"s\"\npath = \"q.jsonl\"\ndomain = \"math\"\n\n[[benchmarks]]\nname = \"math500\"\npath = \"math500.jsonl\"\nfields = {{ question = \"problem\" }}\n\n[[steps]]\nid = \"decontaminate\"\ntype = \"decontaminate\"\nunit = \"token\"\ntokenizer = {:?}\n{extra}\n",
+                tok_path.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let out = dir.join(name);
+        run_ok(&[
+            "run",
+            recipe.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let matches = read_jsonl(&out.join("contamination/matches.jsonl"));
+        for m in &matches {
+            assert_eq!(m["method"], "ngram");
+            assert!(!m["span"].as_str().unwrap().is_empty(), "{m}");
+        }
+        let mut ids: Vec<String> = matches
+            .iter()
+            .map(|m| m["question"]["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    assert_eq!(
+        flagged("normalized", ""),
+        ["planted-recased", "planted-verbatim"],
+        "normalized token 13-grams catch both copies and flag no real question"
+    );
+    assert_eq!(
+        flagged("raw", "tokenize = \"raw\""),
+        ["planted-verbatim"],
+        "raw token 13-grams (the paper's mode) miss the recased copy"
+    );
+}

@@ -58,12 +58,33 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
 
 /// What an n-gram is made of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NgramUnit {
     /// Alphanumeric words of the normalized text.
     Word,
     /// Characters of the normalized text.
     Char,
+    /// Token ids of a Hugging Face tokenizer (the paper's mode: it used the teacher's tokenizer).
+    Token(Tokens),
+}
+
+/// Token n-gram settings: the tokenizer and what it reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub tokenizer: crate::tokenize::TokenizerRef,
+    /// Tokenize the normalized text (NFKC, lowercase, collapsed whitespace; the default) or the
+    /// raw text as the paper did (then case and whitespace count).
+    pub normalized: bool,
+}
+
+impl Tokens {
+    fn input<'a>(&self, raw: &'a str, normalized: &'a str) -> &'a str {
+        if self.normalized {
+            normalized
+        } else {
+            raw
+        }
+    }
 }
 
 /// Settings of the n-gram matcher.
@@ -85,15 +106,23 @@ impl Default for NgramConfig {
 impl NgramConfig {
     /// The n-gram hashes of a raw text, in text order.
     pub fn grams(&self, text: &str) -> Vec<u64> {
-        match self.unit {
+        match &self.unit {
             NgramUnit::Word => hash::word_ngrams(text, self.n),
             NgramUnit::Char => hash::char_ngrams(text, self.n),
+            NgramUnit::Token(t) => {
+                let normalized = hash::normalize(text);
+                let ids = t.tokenizer.tokens(t.input(text, &normalized)).ids;
+                hash::ngrams_of_hashes(&ids, self.n)
+            }
         }
     }
 
     /// The n-grams of a text that count as evidence: `(position, hash)`, without n-grams made
     /// only of numbers (with `skip_numeric`) and without the `ignored` ones.
     pub fn evidence(&self, text: &str, skip_numeric: bool, ignored: &[u64]) -> Vec<(usize, u64)> {
+        if let NgramUnit::Token(_) = &self.unit {
+            return self.evidence_prepared(&Prepared::new(text), text, skip_numeric, ignored);
+        }
         let grams = self.grams(text);
         let numeric: Vec<bool> =
             if skip_numeric && self.unit == NgramUnit::Word && !grams.is_empty() {
@@ -119,13 +148,29 @@ impl NgramConfig {
 
     /// The normalized text of the n-gram at `position`.
     pub fn span(&self, text: &str, position: usize) -> String {
-        match self.unit {
+        match &self.unit {
             NgramUnit::Word => hash::word_ngram_span(text, self.n, position),
             NgramUnit::Char => hash::normalize(text)
                 .chars()
                 .skip(position)
                 .take(self.n)
                 .collect(),
+            NgramUnit::Token(t) => {
+                let normalized = hash::normalize(text);
+                let input = t.input(text, &normalized);
+                let tokens = t.tokenizer.tokens(input);
+                match (
+                    tokens.offsets.get(position),
+                    tokens.offsets.get(position + self.n - 1),
+                ) {
+                    (Some(first), Some(last)) => input
+                        .get(first.0..last.1)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                    _ => String::new(),
+                }
+            }
         }
     }
 }
@@ -159,20 +204,30 @@ impl NgramConfig {
     pub fn evidence_prepared(
         &self,
         p: &Prepared,
+        raw: &str,
         skip_numeric: bool,
         ignored: &[u64],
     ) -> Vec<(usize, u64)> {
-        let grams = match self.unit {
+        let mut token_numeric = Vec::new();
+        let grams = match &self.unit {
             NgramUnit::Word => hash::ngrams_of_hashes(&p.word_hashes, self.n),
             NgramUnit::Char => {
                 let chars: Vec<u64> = p.normalized.chars().map(|c| c as u64).collect();
                 hash::ngrams_of_hashes(&chars, self.n)
             }
+            NgramUnit::Token(t) => {
+                let tokens = t.tokenizer.tokens(t.input(raw, &p.normalized));
+                token_numeric = tokens.numeric;
+                hash::ngrams_of_hashes(&tokens.ids, self.n)
+            }
         };
         let numeric = |i: usize| {
             skip_numeric
-                && self.unit == NgramUnit::Word
-                && p.word_numeric[i..i + self.n].iter().all(|x| *x)
+                && match &self.unit {
+                    NgramUnit::Word => p.word_numeric[i..i + self.n].iter().all(|x| *x),
+                    NgramUnit::Token(_) => token_numeric[i..i + self.n].iter().all(|x| *x),
+                    NgramUnit::Char => false,
+                }
         };
         grams
             .into_iter()
@@ -228,17 +283,31 @@ pub struct DecontamConfig {
     pub skip_numeric: bool,
     /// n-gram hashes never to count (common phrases), sorted.
     pub ignored: Vec<u64>,
+    /// Per benchmark, n-gram hashes that never count against its items (its own "too common"
+    /// list: template phrases that the benchmark shares with many training questions), sorted.
+    pub ignored_by_bench: BTreeMap<String, Vec<u64>>,
     /// The fuzzy method; `None` turns it off.
     pub fuzzy: Option<FuzzyConfig>,
 }
 
 impl DecontamConfig {
+    /// The n-gram evidence of a benchmark item: its n-grams less the global and its benchmark's
+    /// ignored ones.
+    fn item_evidence(&self, ng: &NgramConfig, item: &BenchItem) -> Vec<(usize, u64)> {
+        let mut ev = ng.evidence(&item.text, self.skip_numeric, &self.ignored);
+        if let Some(own) = self.ignored_by_bench.get(&item.bench) {
+            ev.retain(|(_, g)| own.binary_search(g).is_err());
+        }
+        ev
+    }
+
     /// Only the n-gram method, every n-gram counting.
     pub fn ngram_only(ngram: NgramConfig) -> Self {
         DecontamConfig {
             ngram: Some(ngram),
             skip_numeric: false,
             ignored: Vec::new(),
+            ignored_by_bench: BTreeMap::new(),
             fuzzy: None,
         }
     }
@@ -287,7 +356,7 @@ impl BenchmarkIndex {
             let at = index.items.len() as u32;
             if let Some(ng) = &cfg.ngram {
                 let mut seen = HashSet::default();
-                for (_, g) in ng.evidence(&item.text, cfg.skip_numeric, &cfg.ignored) {
+                for (_, g) in cfg.item_evidence(ng, item) {
                     if seen.insert(g) {
                         index.grams.entry(g).or_default().push(at);
                     }
@@ -337,7 +406,7 @@ impl BenchmarkIndex {
         if let Some(ng) = &cfg.ngram {
             // item -> (first position, distinct shared grams)
             let mut hits: BTreeMap<u32, (usize, HashSet<u64>)> = BTreeMap::new();
-            for (pos, g) in ng.evidence_prepared(&prepared, cfg.skip_numeric, &cfg.ignored) {
+            for (pos, g) in ng.evidence_prepared(&prepared, text, cfg.skip_numeric, &cfg.ignored) {
                 if let Some(items) = self.grams.get(&g) {
                     for &i in items {
                         hits.entry(i)
@@ -583,7 +652,7 @@ pub fn reference_matches(
         let item_grams: Vec<HashSet<u64>> = items
             .iter()
             .map(|i| {
-                ng.evidence(&i.text, cfg.skip_numeric, &cfg.ignored)
+                cfg.item_evidence(ng, i)
                     .into_iter()
                     .map(|(_, g)| g)
                     .collect()

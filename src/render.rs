@@ -86,6 +86,8 @@ pub struct Handles {
     pub stats: Option<Rc<RefCell<StatsState>>>,
     /// Errors raised inside sinks (I/O), for the driver to report.
     pub sink_errors: Rc<RefCell<Vec<String>>>,
+    /// This worker's dataset change partitions: saved when the run ends cleanly.
+    pub changes: Rc<RefCell<DatasetChanges>>,
 }
 
 impl Handles {
@@ -777,15 +779,19 @@ pub fn build(
         let mut dataset = DatasetChanges::new(dirs.clone(), naming.clone(), shards, index, peers);
         let changelog = recipe.sink.kafka.clone().zip(kafka.clone());
         dataset.report_changes = changelog.is_some();
+        let dataset = Rc::new(RefCell::new(dataset));
+        let changes = Rc::clone(&dataset);
         let errors = Rc::clone(&sink_errors);
-        let dataset_events = epoch_unary(
+        // Called for the first epoch even without rows, so that a restart whose dataset is now
+        // empty logs the previous run's rows as deleted.
+        let dataset_events = thoughtflow_operators::epoch::first_epoch_unary(
             rows.clone(),
             Exchange::new(move |u: &((RowKey, Row), Epoch, isize)| {
                 crate::sink::change_part_of((u.0).0.question, shards) as u64
             }),
             "DatasetChanges",
             move |epoch, updates, out: &mut Vec<(SinkEvent, isize)>| {
-                if let Err(e) = dataset.epoch(epoch, shards, updates, out) {
+                if let Err(e) = dataset.borrow_mut().epoch(epoch, shards, updates, out) {
                     errors
                         .borrow_mut()
                         .push(format!("writing dataset changes: {e}"));
@@ -901,6 +907,7 @@ pub fn build(
             store_deltas,
             stats: (index == 0).then_some(state),
             sink_errors,
+            changes,
         }
     })
 }

@@ -22,6 +22,7 @@ use anyhow::{anyhow, Context, Result};
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -521,8 +522,18 @@ fn drive(
             std::thread::sleep(Duration::from_millis(20).min(opts.poll));
         }
     }
+    let changes = Rc::clone(&handles.changes);
+    let errors = Rc::clone(&handles.sink_errors);
     drop(handles);
     while worker.step_or_park(Some(Duration::from_millis(10))) {}
+    // Every epoch handled was published: record the rows, so that the next run's first
+    // epoch logs only what changed.
+    if errors.borrow().is_empty() {
+        changes
+            .borrow()
+            .save_state(recipe.sink.shards)
+            .map_err(|e| format!("saving the dataset's row state: {e}"))?;
+    }
     Ok((index == 0).then_some((epoch, last_stats)))
 }
 

@@ -105,6 +105,11 @@ impl OutDirs {
     pub fn manifest(&self) -> PathBuf {
         self.dataset().join("manifest.json")
     }
+    /// `dataset/.rows/`: per change partition, the rows the last cleanly ended run published
+    /// (key, digest, row id), so that a restart logs only what changed since.
+    pub fn rows_state(&self) -> PathBuf {
+        self.dataset().join(".rows")
+    }
     /// `dataset/.manifest/`: one fragment per shard, written by the shard's owner.
     pub fn manifest_parts(&self) -> PathBuf {
         self.dataset().join(".manifest")
@@ -357,9 +362,66 @@ pub struct DatasetChanges {
     pub report_changes: bool,
     /// partition -> row key -> row
     shards: BTreeMap<u32, BTreeMap<RowKey, Row>>,
+    /// Whether the run's first epoch has been handled.
+    started: bool,
+}
+
+/// What a cleanly ended run leaves per change partition: every row's key, digest and id.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RowsState {
+    version: String,
+    parts: u32,
+    rows: Vec<(RowKey, u64, String)>,
+}
+
+fn row_digest(row: &Row) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&bincode::serialize(row).expect("rows serialize"))
 }
 
 impl DatasetChanges {
+    fn state_file(&self, part: u32) -> PathBuf {
+        self.dirs.rows_state().join(format!("part-{part:05}.bin"))
+    }
+
+    /// Writes, for each owned partition, the rows it holds now: called when a run ends
+    /// cleanly (every epoch it handled published), so that the next run's first epoch logs
+    /// only the rows that differ.
+    pub fn save_state(&self, parts: u32) -> std::io::Result<()> {
+        std::fs::create_dir_all(self.dirs.rows_state())?;
+        for (part, rows) in &self.shards {
+            let state = RowsState {
+                version: format!("{RENDER_VERSION}/{}", env!("CARGO_PKG_VERSION")),
+                parts,
+                rows: rows
+                    .iter()
+                    .map(|(k, r)| (*k, row_digest(r), self.naming.render_row_id(r)))
+                    .collect(),
+            };
+            write_atomic(
+                &self.state_file(*part),
+                &bincode::serialize(&state).expect("state serializes"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The previous run's rows of `part` (removed as it is read: a run that does not end
+    /// cleanly leaves none, and the run after it logs its whole first epoch).
+    fn take_state(&self, part: u32, parts: u32) -> Option<BTreeMap<RowKey, (u64, String)>> {
+        let path = self.state_file(part);
+        let bytes = std::fs::read(&path).ok()?;
+        let _ = std::fs::remove_file(&path);
+        let state: RowsState = bincode::deserialize(&bytes).ok()?;
+        let version = format!("{RENDER_VERSION}/{}", env!("CARGO_PKG_VERSION"));
+        (state.version == version && state.parts == parts).then(|| {
+            state
+                .rows
+                .into_iter()
+                .map(|(k, d, id)| (k, (d, id)))
+                .collect()
+        })
+    }
+
     /// Owns the partitions `p` with `p % peers == worker`.
     pub fn new(dirs: OutDirs, naming: Naming, parts: u32, worker: usize, peers: usize) -> Self {
         let owned = (0..parts)
@@ -371,6 +433,7 @@ impl DatasetChanges {
             naming,
             report_changes: false,
             shards: owned,
+            started: false,
         }
     }
 
@@ -419,6 +482,17 @@ impl DatasetChanges {
                 .expect("shard");
             rows.insert(*key, row.clone());
         }
+        // A restart's first epoch: the rows the previous run published, per owned partition
+        // (not with a changelog topic, which reconciles with the topic's content instead).
+        let mut previous: BTreeMap<u32, BTreeMap<RowKey, (u64, String)>> = BTreeMap::new();
+        if !self.started && !self.report_changes {
+            for part in self.shards.keys() {
+                if let Some(rows) = self.take_state(*part, shard_count) {
+                    previous.insert(*part, rows);
+                }
+            }
+        }
+        self.started = true;
         // Changes, per shard in row-key order.
         let mut changes: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
         for (key, old) in &before {
@@ -429,6 +503,17 @@ impl DatasetChanges {
             }
             if let Some(o) = old {
                 stats.push((StatKey::Rows(o.question.source, o.question.domain), -1));
+            }
+            let published = previous
+                .get_mut(&shard)
+                .and_then(|p| p.remove(key))
+                .map(|(d, _)| d);
+            if let (Some(n), Some(d)) = (new, published) {
+                if row_digest(n) == d {
+                    // Published as it is by the previous run: nothing to log.
+                    stats.push((StatKey::Rows(n.question.source, n.question.domain), 1));
+                    continue;
+                }
             }
             let change = match new {
                 Some(n) => {
@@ -463,6 +548,16 @@ impl DatasetChanges {
                 }
             };
             changes.entry(shard).or_default().push(change);
+        }
+        // Rows the previous run published that this run does not have: deleted.
+        for (shard, rows) in previous {
+            for (_, (_, row_id)) in rows {
+                stats.push((StatKey::ChangeDeletes, 1));
+                changes
+                    .entry(shard)
+                    .or_default()
+                    .push(json!({"op": "delete", "epoch": epoch, "row_id": row_id}));
+            }
         }
         for (q, was) in questions_before {
             let is = has_question(&self.shards[&change_part_of(q, shard_count)], q);
@@ -514,6 +609,29 @@ pub struct ShardEntry {
     /// The epoch (of run `run_written`) that last wrote a file of the shard.
     pub epoch_written: Epoch,
     pub run_written: u64,
+    /// xxh3-64 of the shard's rows as the dataflow holds them (ids, hashes, numbers: see
+    /// [`rows_digest`]), with the rendering's version: when a restart rebuilds the same rows,
+    /// the shard is kept without rendering a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_digest: Option<String>,
+}
+
+/// Bumped when the rendering of rows into files changes (a digest from an older version then
+/// never matches, so its shards are rendered again).
+const RENDER_VERSION: &str = "1";
+
+/// The digest of a shard's rows (in key order) for `format`: equal digests render to equal
+/// files, since rows carry every id, hash and number their rendering reads and the texts are
+/// content-addressed.
+pub fn rows_digest<'a>(rows: impl Iterator<Item = &'a Row>, format: SinkFormat) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(RENDER_VERSION.as_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(format.as_str().as_bytes());
+    for r in rows {
+        h.update(&bincode::serialize(r).expect("rows serialize"));
+    }
+    format!("{:016x}", h.digest())
 }
 
 /// `dataset/manifest.json`: what the dataset's files hold, written last after each epoch.
@@ -651,6 +769,20 @@ impl DatasetFiles {
     /// Renders a shard and writes each of its files whose bytes differ from what its entry
     /// says; writes its manifest fragment. Returns whether a file was written.
     fn refresh(&mut self, shard: u32, epoch: Epoch) -> std::io::Result<bool> {
+        let digest = rows_digest(self.shards[&shard].values(), self.format);
+        if let Some(old) = self.entries.get(&shard) {
+            if old.rows_digest.as_deref() == Some(digest.as_str()) {
+                // The same rows as the files hold (verified at start): nothing to render.
+                if !self.started {
+                    let fragment = self
+                        .dirs
+                        .manifest_parts()
+                        .join(format!("part-{shard:05}.json"));
+                    write_atomic(&fragment, &serde_json::to_vec(old).expect("json"))?;
+                }
+                return Ok(false);
+            }
+        }
         let rows: Vec<Value> = self.shards[&shard]
             .values()
             .map(|r| self.naming.render_row(r))
@@ -683,12 +815,16 @@ impl DatasetFiles {
             files.push(file);
         }
         let entry = match old {
-            Some(o) if !wrote && o.files == files => o.clone(),
+            Some(o) if !wrote && o.files == files => ShardEntry {
+                rows_digest: Some(digest),
+                ..o.clone()
+            },
             _ => ShardEntry {
                 shard,
                 files,
                 epoch_written: epoch,
                 run_written: self.run,
+                rows_digest: Some(digest),
             },
         };
         if !self.started || old != Some(&entry) {

@@ -394,6 +394,10 @@ teacher = "t"
     assert_eq!(s2["dataset"]["shards"]["last_epoch"]["rewritten"], 0);
     assert_eq!(s2["dataset"]["shards"]["last_epoch"]["unchanged"], 16);
     assert_only_rewritten((&files1, &m1), (&snapshot(&out), &m2), &BTreeSet::new(), 2);
+    // ... and logs no change: the restart's first epoch is relative to what run 1 published.
+    assert_eq!(s2["dataset"]["last_epoch"]["upserts"], 0);
+    assert_eq!(s2["dataset"]["rows"], 300);
+    assert!(changes_log(&out).is_empty());
 
     // A new source file with 1% new questions: a rerun rewrites only their shards.
     let new = questions("n", 0..3);
@@ -415,6 +419,16 @@ teacher = "t"
     );
     let files3 = snapshot(&out);
     assert_only_rewritten((&files1, &m1), (&files3, &m3), &changed, 3);
+    // The log holds exactly the new rows.
+    let log = changes_log(&out);
+    assert_eq!(log.len(), 3, "{log:?}");
+    for c in &log {
+        assert_eq!(c["op"], "upsert");
+        assert!(
+            c["row"]["question_id"].as_str().unwrap().starts_with('n'),
+            "{c}"
+        );
+    }
     for s in &changed {
         assert_eq!(entries(&m3)[s]["epoch_written"], 0);
     }
@@ -460,6 +474,49 @@ teacher = "t"
     }
     run.stop();
     check_manifest(&out, &manifest(&out));
+
+    // After a clean stop, removing a source logs its rows as deletes, and only them.
+    let before = crate::util::dataset(&out);
+    std::fs::remove_file(dir.join("src/b.jsonl")).unwrap();
+    run_ok(&args);
+    let gone: BTreeSet<String> = before
+        .keys()
+        .filter(|id| {
+            before[*id]["question_id"]
+                .as_str()
+                .unwrap()
+                .starts_with('n')
+        })
+        .cloned()
+        .collect();
+    assert_eq!(gone.len(), 3);
+    let log = changes_log(&out);
+    let deleted: BTreeSet<String> = log
+        .iter()
+        .map(|c| {
+            assert_eq!(c["op"], "delete", "{c}");
+            c["row_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(deleted, gone);
+    assert_eq!(stats(&out)["dataset"]["rows"], 303);
+
+    // A run that did not end cleanly leaves no row state: the next run logs every row.
+    std::fs::remove_dir_all(out.join("dataset/.rows")).unwrap();
+    run_ok(&args);
+    let log = changes_log(&out);
+    assert_eq!(log.len(), 303);
+    assert!(log.iter().all(|c| c["op"] == "upsert"));
+}
+
+/// Every change the run's first epoch logged (`changes/00000000.jsonl`; none when absent).
+fn changes_log(out: &Path) -> Vec<Value> {
+    let p = out.join("changes/00000000.jsonl");
+    if p.exists() {
+        crate::util::read_jsonl(&p)
+    } else {
+        Vec::new()
+    }
 }
 
 /// The manifest once it describes `epoch` (it is written before stats.json, so it already

@@ -345,13 +345,87 @@ impl Naming {
     }
 }
 
-fn jsonl<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for v in values {
-        serde_json::to_writer(&mut out, v).expect("json");
-        out.push(b'\n');
+/// A writer that hashes (xxh3-64) and counts what it writes.
+struct Hashing<W: Write> {
+    inner: W,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    bytes: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Hashing {
+            inner,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+            bytes: 0,
+        }
     }
-    out
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A file written under a temporary name (`NAME.tmp`), renamed into place by its owner.
+fn temp_writer(path: &Path) -> std::io::Result<(PathBuf, std::io::BufWriter<std::fs::File>)> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let f = std::fs::File::create(&tmp)?;
+    Ok((tmp, std::io::BufWriter::with_capacity(1 << 20, f)))
+}
+
+/// An epoch's change fragments, one file per change partition, streamed line by line (an
+/// epoch that publishes a whole dataset never holds it in memory).
+struct Fragments {
+    dir: PathBuf,
+    epoch: Epoch,
+    open: BTreeMap<u32, (PathBuf, std::io::BufWriter<std::fs::File>)>,
+}
+
+impl Fragments {
+    fn new(dir: PathBuf, epoch: Epoch) -> Self {
+        Fragments {
+            dir,
+            epoch,
+            open: BTreeMap::new(),
+        }
+    }
+
+    fn path(&self, part: u32) -> PathBuf {
+        self.dir.join(format!("{:08}-{part:05}.jsonl", self.epoch))
+    }
+
+    fn push(&mut self, part: u32, change: &Value) -> std::io::Result<()> {
+        if !self.open.contains_key(&part) {
+            let w = temp_writer(&self.path(part))?;
+            self.open.insert(part, w);
+        }
+        let (_, w) = self.open.get_mut(&part).expect("opened");
+        serde_json::to_writer(&mut *w, change)?;
+        w.write_all(b"\n")
+    }
+
+    /// Syncs and renames every fragment into place.
+    fn finish(self) -> std::io::Result<()> {
+        for (part, (tmp, w)) in self.open {
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_data()?;
+            std::fs::rename(
+                &tmp,
+                self.dir.join(format!("{:08}-{part:05}.jsonl", self.epoch)),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// The dataset's changes, for the change partitions one worker owns (by question id).
@@ -493,8 +567,8 @@ impl DatasetChanges {
             }
         }
         self.started = true;
-        // Changes, per shard in row-key order.
-        let mut changes: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
+        // Changes, per shard in row-key order, streamed to the shard's fragment file.
+        let mut changes = Fragments::new(self.dirs.parts(), epoch);
         for (key, old) in &before {
             let shard = change_part_of(key.question, shard_count);
             let new = self.shards[&shard].get(key);
@@ -547,16 +621,16 @@ impl DatasetChanges {
                     json!({"op": "delete", "epoch": epoch, "row_id": row_id})
                 }
             };
-            changes.entry(shard).or_default().push(change);
+            changes.push(shard, &change)?;
         }
         // Rows the previous run published that this run does not have: deleted.
         for (shard, rows) in previous {
             for (_, (_, row_id)) in rows {
                 stats.push((StatKey::ChangeDeletes, 1));
-                changes
-                    .entry(shard)
-                    .or_default()
-                    .push(json!({"op": "delete", "epoch": epoch, "row_id": row_id}));
+                changes.push(
+                    shard,
+                    &json!({"op": "delete", "epoch": epoch, "row_id": row_id}),
+                )?;
             }
         }
         for (q, was) in questions_before {
@@ -566,14 +640,7 @@ impl DatasetChanges {
             }
         }
         events.extend(stats.into_iter().map(|(k, d)| (SinkEvent::Stat(k), d)));
-        for (shard, lines) in &changes {
-            let part = self
-                .dirs
-                .parts()
-                .join(format!("{epoch:08}-{shard:05}.jsonl"));
-            write_atomic(&part, &jsonl(lines.iter()))?;
-        }
-        Ok(())
+        changes.finish()
     }
 }
 
@@ -783,33 +850,70 @@ impl DatasetFiles {
                 return Ok(false);
             }
         }
-        let rows: Vec<Value> = self.shards[&shard]
-            .values()
-            .map(|r| self.naming.render_row(r))
-            .collect();
-        let mut outputs: Vec<(&str, Vec<u8>)> = Vec::new();
-        if self.format.jsonl() {
-            outputs.push(("jsonl", jsonl(rows.iter())));
+        // Rendered and written in chunks, each file under a temporary name, hashed as it is
+        // written: a shard is never held in memory whole. A file whose bytes turn out equal
+        // to what the entry says is dropped, not renamed.
+        let names: Vec<String> = [
+            (self.format.jsonl(), "jsonl"),
+            (self.format.parquet(), "parquet"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, ext)| shard_file_name(shard, ext))
+        .collect();
+        let dataset = self.dirs.dataset();
+        let mut jsonl_out = None;
+        let mut parquet_out = None;
+        for name in &names {
+            let (tmp, w) = temp_writer(&dataset.join(name))?;
+            if name.ends_with(".jsonl") {
+                jsonl_out = Some((name.clone(), tmp, Hashing::new(w)));
+            } else {
+                let writer = parquet_writer(Hashing::new(w)).map_err(std::io::Error::other)?;
+                parquet_out = Some((name.clone(), tmp, writer));
+            }
         }
-        if self.format.parquet() {
-            outputs.push((
-                "parquet",
-                parquet_shard(&rows).map_err(std::io::Error::other)?,
-            ));
+        let rows = self.shards[&shard].len() as u64;
+        let all: Vec<&Row> = self.shards[&shard].values().collect();
+        for chunk in all.chunks(SHARD_CHUNK_ROWS) {
+            let values: Vec<Value> = chunk.iter().map(|r| self.naming.render_row(r)).collect();
+            if let Some((_, _, w)) = jsonl_out.as_mut() {
+                for v in &values {
+                    serde_json::to_writer(&mut *w, v)?;
+                    w.write_all(b"\n")?;
+                }
+            }
+            if let Some((_, _, w)) = parquet_out.as_mut() {
+                w.write(&parquet_batch(&values).map_err(std::io::Error::other)?)
+                    .map_err(std::io::Error::other)?;
+            }
+        }
+        let mut written: Vec<(String, PathBuf, Hashing<std::io::BufWriter<std::fs::File>>)> =
+            Vec::new();
+        if let Some((name, tmp, w)) = jsonl_out {
+            written.push((name, tmp, w));
+        }
+        if let Some((name, tmp, w)) = parquet_out {
+            written.push((name, tmp, w.into_inner().map_err(std::io::Error::other)?));
         }
         let old = self.entries.get(&shard);
         let mut files = Vec::new();
         let mut wrote = false;
-        for (ext, bytes) in outputs {
-            let name = shard_file_name(shard, ext);
+        for (name, tmp, mut w) in written {
+            w.flush()?;
             let file = FileEntry {
                 path: name.clone(),
-                rows: rows.len() as u64,
-                bytes: bytes.len() as u64,
-                checksum: checksum(&bytes),
+                rows,
+                bytes: w.bytes,
+                checksum: format!("{:016x}", w.hasher.digest()),
             };
-            if !old.is_some_and(|o| o.files.contains(&file)) {
-                write_atomic(&self.dirs.dataset().join(&name), &bytes)?;
+            let f = w.inner.into_inner().map_err(|e| e.into_error())?;
+            if old.is_some_and(|o| o.files.contains(&file)) {
+                drop(f);
+                std::fs::remove_file(&tmp)?;
+            } else {
+                f.sync_data()?;
+                std::fs::rename(&tmp, dataset.join(&name))?;
                 wrote = true;
             }
             files.push(file);
@@ -930,7 +1034,34 @@ fn turn_fields() -> arrow_schema::Fields {
 }
 
 /// Encodes rendered rows (see [`Naming::render_row`]) as one Parquet file (snappy).
+/// Rows rendered and written at a time per shard (and rows per Parquet row group: a row group
+/// is buffered until it is complete, so this bounds the sink's memory too).
+const SHARD_CHUNK_ROWS: usize = 4096;
+
+/// A Parquet writer of the dataset schema (Snappy, row groups of [`SHARD_CHUNK_ROWS`]).
+fn parquet_writer<W: Write + Send>(
+    out: W,
+) -> Result<parquet::arrow::ArrowWriter<W>, parquet::errors::ParquetError> {
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(SHARD_CHUNK_ROWS))
+        .build();
+    parquet::arrow::ArrowWriter::try_new(out, parquet_schema(), Some(props))
+}
+
+/// A shard's rows (rendered) as one Parquet file.
 pub fn parquet_shard(rows: &[Value]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    let mut writer = parquet_writer(Vec::new())?;
+    for chunk in rows.chunks(SHARD_CHUNK_ROWS) {
+        writer.write(&parquet_batch(chunk)?)?;
+    }
+    writer.into_inner()
+}
+
+/// Rendered rows as a record batch of the dataset schema.
+fn parquet_batch(
+    rows: &[Value],
+) -> Result<arrow_array::RecordBatch, parquet::errors::ParquetError> {
     use arrow_array::{ArrayRef, Int64Array, ListArray, RecordBatch, StringArray, StructArray};
     let schema = parquet_schema();
     let strings = |key: &str| -> ArrayRef {
@@ -991,14 +1122,7 @@ pub fn parquet_shard(rows: &[Value]) -> Result<Vec<u8>, parquet::errors::Parquet
             ints("score"),
         ],
     )?;
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .build();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(Vec::new(), schema, Some(props))?;
-    if batch.num_rows() > 0 {
-        writer.write(&batch)?;
-    }
-    writer.into_inner()
+    Ok(batch)
 }
 
 /// Joins the change fragments of `epoch` into `changes/EEEEEEEE.jsonl` (shard order).

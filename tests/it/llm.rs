@@ -20,17 +20,24 @@ impl Teacher {
             .local_addr()
             .unwrap()
             .port();
-        let out = Command::new(repo().join("scripts/services"))
-            .args(["start-teacher", &port.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "starting the teacher server failed (run `scripts/services install`):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        services(&["start-teacher", &port.to_string()]);
         Teacher { port }
     }
+}
+
+/// Runs `scripts/services ARGS`; returns its standard output.
+fn services(args: &[&str]) -> String {
+    let out = Command::new(repo().join("scripts/services"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/services {} failed (run `scripts/services install`):\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 impl Drop for Teacher {
@@ -499,16 +506,7 @@ fn post_json(port: u16, path: &str, body: &Value) -> Value {
 #[test]
 fn token_ngrams_use_the_models_own_tokenizer() {
     use thoughtflow_operators::tokenize::TokenizerRef;
-    let out = Command::new(repo().join("scripts/services"))
-        .arg("tokenizer-path")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tok_path = repo().join(String::from_utf8(out.stdout).unwrap().trim());
+    let tok_path = repo().join(services(&["tokenizer-path"]).trim());
     let tok = TokenizerRef::load(&tok_path).unwrap();
 
     let lines = |f: &str| -> Vec<Value> {

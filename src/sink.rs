@@ -1142,11 +1142,15 @@ pub fn publish_changes(dirs: &OutDirs, epoch: Epoch) -> std::io::Result<bool> {
         return Ok(false);
     }
     parts.sort();
-    let mut all = Vec::new();
+    // Copied file to file: a first epoch's changes are the whole dataset.
+    let path = dirs.changes().join(format!("{epoch:08}.jsonl"));
+    let (tmp, mut w) = temp_writer(&path)?;
     for p in &parts {
-        all.extend(std::fs::read(p)?);
+        std::io::copy(&mut std::fs::File::open(p)?, &mut w)?;
     }
-    write_atomic(&dirs.changes().join(format!("{epoch:08}.jsonl")), &all)?;
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, &path)?;
     for p in parts {
         std::fs::remove_file(p)?;
     }

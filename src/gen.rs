@@ -1207,7 +1207,7 @@ pub fn recipe(opts: &GenOptions) -> String {
         opts.samples
     ));
     t.push_str(&format!(
-        "[sink]\nshards = {}\n",
+        "[sink]\nshards = {}\n# A first build's rows are the dataset: log only what changes after it.\nchanges = \"updates\"\n",
         ((64.0 * opts.scale).ceil() as u64).clamp(4, 64)
     ));
     t

@@ -779,6 +779,7 @@ pub fn build(
         let mut dataset = DatasetChanges::new(dirs.clone(), naming.clone(), shards, index, peers);
         let changelog = recipe.sink.kafka.clone().zip(kafka.clone());
         dataset.report_changes = changelog.is_some();
+        dataset.log = recipe.sink.changes;
         let dataset = Rc::new(RefCell::new(dataset));
         let changes = Rc::clone(&dataset);
         let errors = Rc::clone(&sink_errors);

@@ -409,8 +409,20 @@ fn drive(
         }
         if let Some(state) = &handles.stats {
             test_pause("publish");
-            let changed =
+            let logged =
                 publish_changes(dirs, done).map_err(|e| format!("publishing changes: {e}"))?;
+            // Changed rows or shards, whether or not `[sink] changes` logs them.
+            let changed = logged || {
+                let st = state.borrow();
+                st.last_changed_epoch == Some(done)
+                    && [
+                        StatKey::ChangeUpserts,
+                        StatKey::ChangeDeletes,
+                        StatKey::ShardsRewritten,
+                    ]
+                    .iter()
+                    .any(|k| st.last(k) != 0)
+            };
             if let (Some(m), true) = (manifest.as_mut(), changed || done == 0) {
                 m.publish(dirs, &recipe.sink, done)
                     .map_err(|e| format!("writing the dataset manifest: {e}"))?;

@@ -389,14 +389,17 @@ struct Fragments {
     dir: PathBuf,
     epoch: Epoch,
     open: BTreeMap<u32, (PathBuf, std::io::BufWriter<std::fs::File>)>,
+    /// Whether to write at all (`[sink] changes`).
+    write: bool,
 }
 
 impl Fragments {
-    fn new(dir: PathBuf, epoch: Epoch) -> Self {
+    fn new(dir: PathBuf, epoch: Epoch, write: bool) -> Self {
         Fragments {
             dir,
             epoch,
             open: BTreeMap::new(),
+            write,
         }
     }
 
@@ -405,6 +408,9 @@ impl Fragments {
     }
 
     fn push(&mut self, part: u32, change: &Value) -> std::io::Result<()> {
+        if !self.write {
+            return Ok(());
+        }
         if !self.open.contains_key(&part) {
             let w = temp_writer(&self.path(part))?;
             self.open.insert(part, w);
@@ -434,6 +440,8 @@ pub struct DatasetChanges {
     naming: Naming,
     /// Whether to report each change as a [`SinkEvent::Change`] (for a changelog topic).
     pub report_changes: bool,
+    /// What to write to `changes/`.
+    pub log: crate::recipe::ChangeLog,
     /// partition -> row key -> row
     shards: BTreeMap<u32, BTreeMap<RowKey, Row>>,
     /// Whether the run's first epoch has been handled.
@@ -506,6 +514,7 @@ impl DatasetChanges {
             dirs,
             naming,
             report_changes: false,
+            log: crate::recipe::ChangeLog::All,
             shards: owned,
             started: false,
         }
@@ -559,16 +568,23 @@ impl DatasetChanges {
         // A restart's first epoch: the rows the previous run published, per owned partition
         // (not with a changelog topic, which reconciles with the topic's content instead).
         let mut previous: BTreeMap<u32, BTreeMap<RowKey, (u64, String)>> = BTreeMap::new();
+        let mut restart = false;
         if !self.started && !self.report_changes {
             for part in self.shards.keys() {
                 if let Some(rows) = self.take_state(*part, shard_count) {
                     previous.insert(*part, rows);
+                    restart = true;
                 }
             }
         }
+        let write = match self.log {
+            crate::recipe::ChangeLog::All => true,
+            crate::recipe::ChangeLog::Updates => self.started || restart,
+            crate::recipe::ChangeLog::None => false,
+        };
         self.started = true;
         // Changes, per shard in row-key order, streamed to the shard's fragment file.
-        let mut changes = Fragments::new(self.dirs.parts(), epoch);
+        let mut changes = Fragments::new(self.dirs.parts(), epoch, write);
         for (key, old) in &before {
             let shard = change_part_of(key.question, shard_count);
             let new = self.shards[&shard].get(key);
@@ -593,6 +609,10 @@ impl DatasetChanges {
                 Some(n) => {
                     stats.push((StatKey::Rows(n.question.source, n.question.domain), 1));
                     stats.push((StatKey::ChangeUpserts, 1));
+                    if !write && !self.report_changes {
+                        // Counted, not logged: nothing to render.
+                        continue;
+                    }
                     let row = self.naming.render_row(n);
                     if self.report_changes {
                         events.push((

@@ -284,6 +284,21 @@ pub struct SinkSpec {
     pub format: SinkFormat,
     /// The dataset's changelog topic, if any.
     pub kafka: Option<KafkaSinkSpec>,
+    /// What `changes/` logs.
+    pub changes: ChangeLog,
+}
+
+/// What `changes/EPOCH.jsonl` logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChangeLog {
+    /// Every change, including a fresh build's first epoch (the whole dataset as upserts).
+    #[default]
+    All,
+    /// Every change except a fresh build's first epoch (its rows are the dataset itself, so
+    /// a large first build does not write them twice); restarts and later epochs are logged.
+    Updates,
+    /// Nothing.
+    None,
 }
 
 /// The dataset shards' file format: `part-SSSSS.jsonl`, `part-SSSSS.parquet`, or both.
@@ -469,6 +484,14 @@ fn read_recipe(file: &Path, dir: &Path, table: &toml::Table, issues: &Issues) ->
                 Some("both") => SinkFormat::Both,
                 _ => SinkFormat::Jsonl,
             };
+            let changes = match s
+                .opt_choice("changes", &["all", "updates", "none"])
+                .as_deref()
+            {
+                Some("updates") => ChangeLog::Updates,
+                Some("none") => ChangeLog::None,
+                _ => ChangeLog::All,
+            };
             let kafka = s.opt_table("kafka").and_then(|k| {
                 let topic = k.req_str("topic");
                 let progress = k.opt_bool("progress").unwrap_or(true);
@@ -480,12 +503,14 @@ fn read_recipe(file: &Path, dir: &Path, table: &toml::Table, issues: &Issues) ->
                 shards,
                 format,
                 kafka,
+                changes,
             }
         }
         None => SinkSpec {
             shards: 4,
             format: SinkFormat::Jsonl,
             kafka: None,
+            changes: ChangeLog::All,
         },
     };
     root.finish();

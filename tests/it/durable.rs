@@ -656,3 +656,48 @@ fn an_unknown_sink_format_is_refused_naming_the_file_and_key() {
         "{text}"
     );
 }
+
+/// `[sink] changes`: `updates` does not log a fresh build's rows (they are the dataset) but
+/// logs what a rerun changed; `none` logs nothing, and epochs are still published.
+#[test]
+fn the_change_log_can_skip_the_first_build_or_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    write_jsonl(&dir.join("src/a.jsonl"), &questions("a", 0..50));
+    let steps = "[[steps]]\nid = \"fan\"\ntype = \"fanout\"\nteacher = \"t\"\n";
+    let r = recipe(dir, "u", "changes = \"updates\"", steps);
+    let out = dir.join("u");
+    let args = ["run", r.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    run_ok(&args);
+    assert_eq!(stats(&out)["dataset"]["rows"], 50);
+    assert_eq!(stats(&out)["dataset"]["last_epoch"]["upserts"], 50);
+    assert!(
+        changes_log(&out).is_empty(),
+        "a fresh build's rows are not logged"
+    );
+    write_jsonl(&dir.join("src/b.jsonl"), &questions("b", 0..2));
+    run_ok(&args);
+    let log = changes_log(&out);
+    assert_eq!(log.len(), 2, "a rerun logs what changed: {log:?}");
+    assert!(log.iter().all(|c| c["op"] == "upsert"));
+
+    let r = recipe(dir, "n", "changes = \"none\"", steps);
+    let out = dir.join("n");
+    let run = Following::start(&r, &out, &[]);
+    run.wait_for("the first epoch", |s| s["dataset"]["rows"] == 52);
+    write_jsonl(&dir.join("src/c.jsonl"), &questions("c", 0..3));
+    let s = run.wait_for("the new file", |s| s["dataset"]["rows"] == 55);
+    let epoch = s["last_changed_epoch"].as_u64().unwrap();
+    assert!(epoch > 0);
+    assert_eq!(run_manifest_at(&out, epoch)["total_rows"], 55);
+    run.stop();
+    assert_eq!(
+        std::fs::read_dir(out.join("changes"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_file())
+            .count(),
+        0,
+        "nothing is logged"
+    );
+}

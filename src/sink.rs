@@ -153,41 +153,13 @@ impl OutDirs {
         }
         Ok(())
     }
-
-    /// Creates the folders, removing the outputs of an earlier run.
-    pub fn prepare_fresh(&self) -> std::io::Result<()> {
-        for d in [
-            self.dataset(),
-            self.changes(),
-            self.rejections(),
-            self.contamination(),
-        ] {
-            if d.exists() {
-                std::fs::remove_dir_all(&d)?;
-            }
-        }
-        let _ = std::fs::remove_file(self.stats());
-        for d in [
-            self.dataset(),
-            self.parts(),
-            self.rejections(),
-            self.contamination(),
-        ] {
-            std::fs::create_dir_all(&d)?;
-        }
-        Ok(())
-    }
 }
 
 /// Writes `contents` to `path` atomically: a temporary file beside it, then a rename.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_data()?;
-    }
-    std::fs::rename(&tmp, path)
+    let (tmp, mut w) = temp_writer(path)?;
+    w.write_all(contents)?;
+    commit_temp(&tmp, w, path)
 }
 
 /// The dataset shard of a question's rows: the range of its content hash, in `shards` equal
@@ -383,6 +355,17 @@ fn temp_writer(path: &Path) -> std::io::Result<(PathBuf, std::io::BufWriter<std:
     Ok((tmp, std::io::BufWriter::with_capacity(1 << 20, f)))
 }
 
+/// Flushes and syncs a file from [`temp_writer`] and renames it to `path`.
+fn commit_temp(
+    tmp: &Path,
+    w: std::io::BufWriter<std::fs::File>,
+    path: &Path,
+) -> std::io::Result<()> {
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_data()?;
+    std::fs::rename(tmp, path)
+}
+
 /// An epoch's change fragments, one file per change partition, streamed line by line (an
 /// epoch that publishes a whole dataset never holds it in memory).
 struct Fragments {
@@ -422,13 +405,9 @@ impl Fragments {
 
     /// Syncs and renames every fragment into place.
     fn finish(self) -> std::io::Result<()> {
-        for (part, (tmp, w)) in self.open {
-            let f = w.into_inner().map_err(|e| e.into_error())?;
-            f.sync_data()?;
-            std::fs::rename(
-                &tmp,
-                self.dir.join(format!("{:08}-{part:05}.jsonl", self.epoch)),
-            )?;
+        let paths: Vec<PathBuf> = self.open.keys().map(|p| self.path(*p)).collect();
+        for ((tmp, w), path) in self.open.into_values().zip(paths) {
+            commit_temp(&tmp, w, &path)?;
         }
         Ok(())
     }
@@ -456,6 +435,11 @@ struct RowsState {
     rows: Vec<(RowKey, u64, String)>,
 }
 
+/// The row state's version: rows render differently across versions.
+fn state_version() -> String {
+    format!("{RENDER_VERSION}/{}", env!("CARGO_PKG_VERSION"))
+}
+
 fn row_digest(row: &Row) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&bincode::serialize(row).expect("rows serialize"))
 }
@@ -472,7 +456,7 @@ impl DatasetChanges {
         std::fs::create_dir_all(self.dirs.rows_state())?;
         for (part, rows) in &self.shards {
             let state = RowsState {
-                version: format!("{RENDER_VERSION}/{}", env!("CARGO_PKG_VERSION")),
+                version: state_version(),
                 parts,
                 rows: rows
                     .iter()
@@ -494,8 +478,7 @@ impl DatasetChanges {
         let bytes = std::fs::read(&path).ok()?;
         let _ = std::fs::remove_file(&path);
         let state: RowsState = bincode::deserialize(&bytes).ok()?;
-        let version = format!("{RENDER_VERSION}/{}", env!("CARGO_PKG_VERSION"));
-        (state.version == version && state.parts == parts).then(|| {
+        (state.version == state_version() && state.parts == parts).then(|| {
             state
                 .rows
                 .into_iter()
@@ -927,13 +910,11 @@ impl DatasetFiles {
                 bytes: w.bytes,
                 checksum: format!("{:016x}", w.hasher.digest()),
             };
-            let f = w.inner.into_inner().map_err(|e| e.into_error())?;
             if old.is_some_and(|o| o.files.contains(&file)) {
-                drop(f);
+                drop(w);
                 std::fs::remove_file(&tmp)?;
             } else {
-                f.sync_data()?;
-                std::fs::rename(&tmp, dataset.join(&name))?;
+                commit_temp(&tmp, w.inner, &dataset.join(&name))?;
                 wrote = true;
             }
             files.push(file);
@@ -1168,9 +1149,7 @@ pub fn publish_changes(dirs: &OutDirs, epoch: Epoch) -> std::io::Result<bool> {
     for p in &parts {
         std::io::copy(&mut std::fs::File::open(p)?, &mut w)?;
     }
-    let f = w.into_inner().map_err(|e| e.into_error())?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, &path)?;
+    commit_temp(&tmp, w, &path)?;
     for p in parts {
         std::fs::remove_file(p)?;
     }

@@ -22,6 +22,7 @@ pub mod gen;
 pub mod ingest;
 pub mod kafka;
 pub mod llm;
+pub mod memo;
 pub mod metrics;
 pub mod progress;
 pub mod recipe;

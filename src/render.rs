@@ -31,7 +31,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use thoughtflow_operators::epoch::epoch_unary;
+use thoughtflow_operators::epoch::{epoch_unary, first_epoch_unary};
 use thoughtflow_operators::hash;
 use thoughtflow_operators::record::*;
 use thoughtflow_operators::steps::fanout::{self, Answers, LookupBy, LookupKey, Missing};
@@ -324,6 +324,7 @@ fn answer_decontaminate<'s>(
     items: VecCollection<'s, Epoch, BenchItem>,
     config: thoughtflow_operators::steps::decontam::DecontamConfig,
     store: &Arc<Store>,
+    memo: decontam::MemoHooks,
 ) -> thoughtflow_operators::steps::RowOutput<'s> {
     let pseudo_id = |k: &RowKey| {
         let mut b = [0u8; 12];
@@ -355,7 +356,7 @@ fn answer_decontaminate<'s>(
             )
         });
     let texts: Arc<dyn thoughtflow_operators::text::TextLookup> = store.texts.clone();
-    let matches = decontam::ngram_matches(pseudo, items, config, texts);
+    let matches = decontam::ngram_matches(pseudo, items, config, texts, Some(memo));
     let first = matches
         .map(|m| (m.question, (m.bench, m.item)))
         .reduce(|_id, input, output| output.push((input[0].0.clone(), 1)));
@@ -384,7 +385,10 @@ pub fn build(
     dirs: &OutDirs,
     kafka: Option<&crate::kafka::KafkaSettings>,
     llm: Option<&Arc<Service>>,
+    memo: &Arc<decontam::DecontamMemo>,
 ) -> Handles {
+    let memo = Arc::clone(memo);
+    let memo_dir = crate::memo::dir(&dirs.root);
     let kafka = kafka.cloned();
     let llm = llm.cloned();
     let index = worker.index();
@@ -502,6 +506,7 @@ pub fn build(
                         benchmark_subset(&benchmarks, names.clone()),
                         config.clone(),
                         &store,
+                        crate::memo::hooks(&memo_dir, &format!("a{}", sid.0), index, peers, &memo),
                     ),
                     other => unreachable!("validated: {} is not a row step", other.type_name()),
                 };
@@ -650,7 +655,15 @@ pub fn build(
                     };
                     let texts: Arc<dyn thoughtflow_operators::text::TextLookup> =
                         store.texts.clone();
-                    let m = decontam::ngram_matches(q.clone(), items, config.clone(), texts);
+                    let hooks =
+                        crate::memo::hooks(&memo_dir, &format!("q{}", sid.0), index, peers, &memo);
+                    let m = decontam::ngram_matches(
+                        q.clone(),
+                        items,
+                        config.clone(),
+                        texts,
+                        Some(hooks),
+                    );
                     matches_all.push(m.clone());
                     decontam::apply_matches(sid, q, m)
                 }
@@ -841,14 +854,17 @@ pub fn build(
 
         // Audit sinks on worker 0.
         let all_rejections = differential_dataflow::collection::concatenate(scope, rejections);
-        let mut table = AuditTable::new(dirs.rejections());
+        // Only worker 0 holds (and may clean up) the audit files.
+        let mut table =
+            (index == 0).then(|| AuditTable::new(dirs.rejections(), naming.context_digest()));
         let n2 = naming.clone();
         let errors = Rc::clone(&sink_errors);
-        epoch_unary(
+        first_epoch_unary(
             all_rejections,
             Exchange::new(|_: &(Rejection, Epoch, isize)| 0),
             "RejectionSink",
             move |_epoch, updates, _out: &mut Vec<((), isize)>| {
+                let Some(table) = table.as_mut() else { return };
                 if let Err(e) = table.epoch(
                     updates,
                     |r| n2.step_name(r.step),
@@ -864,14 +880,16 @@ pub fn build(
         stats.push(tally(all_matches.clone(), false, |m: &Match| {
             Some(StatKey::Matches(m.bench.clone()))
         }));
-        let mut table = AuditTable::new(dirs.contamination());
+        let mut table =
+            (index == 0).then(|| AuditTable::new(dirs.contamination(), naming.context_digest()));
         let n3 = naming.clone();
         let errors = Rc::clone(&sink_errors);
-        epoch_unary(
+        first_epoch_unary(
             all_matches,
             Exchange::new(|_: &(Match, Epoch, isize)| 0),
             "ContaminationSink",
             move |_epoch, updates, _out: &mut Vec<((), isize)>| {
+                let Some(table) = table.as_mut() else { return };
                 if let Err(e) =
                     table.epoch(updates, |_| "matches".to_string(), |m| n3.render_match(m))
                 {

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thoughtflow_operators::record::AnswerText;
 use thoughtflow_operators::record::{Answer, Epoch};
+use thoughtflow_operators::steps::decontam::DecontamMemo;
 use thoughtflow_operators::steps::fanout::LookupKey;
 
 /// How and where to run (flags, never recipe keys).
@@ -213,6 +214,15 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
     let workers = opts.workers.max(1);
     tracing::info!(recipe = %recipe.name, workers, follow = opts.follow, out = %dirs.root.display(), "starting run");
 
+    // Decontamination verdicts of the last clean stop, shared by this process's workers.
+    let peers_total = workers * opts.cluster.as_ref().map_or(1, |c| c.addresses.len());
+    let memo = Arc::new(crate::memo::load(
+        &crate::memo::dir(&dirs.root),
+        peers_total,
+    ));
+    if !memo.is_empty() {
+        tracing::info!(verdicts = memo.len(), "decontamination memo");
+    }
     let kafka_status: KafkaStatus = Arc::new(Mutex::new(BTreeMap::new()));
     let llm2 = llm.clone();
     let config = match &opts.cluster {
@@ -242,6 +252,7 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
             &stop,
             &kafka_status,
             llm2.as_ref(),
+            &memo,
         )
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
@@ -280,6 +291,7 @@ fn drive(
     stop: &Arc<AtomicBool>,
     kafka_status: &KafkaStatus,
     llm: Option<&Arc<Service>>,
+    memo: &Arc<DecontamMemo>,
 ) -> std::result::Result<Option<(u64, serde_json::Value)>, String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -287,7 +299,7 @@ fn drive(
     let local_leader = store
         .cluster_threads()
         .map_or(index == 0, |t| index.is_multiple_of(t));
-    let mut handles = render::build(worker, recipe, store, dirs, opts.kafka.as_ref(), llm);
+    let mut handles = render::build(worker, recipe, store, dirs, opts.kafka.as_ref(), llm, memo);
     let mut inserted: HashSet<([u8; 16], Target)> = HashSet::new();
     #[cfg(feature = "kafka")]
     let mut kafka_in = opts.kafka.as_ref().and_then(|k| {
@@ -397,8 +409,10 @@ fn drive(
         let done = epoch;
         epoch += 1;
         handles.advance_to(epoch);
+        // Park when there is nothing to do (another worker is still busy): a spinning worker
+        // takes a core from the ones that are not, on a machine with as many cores as workers.
         while handles.probe.less_than(&epoch) {
-            worker.step();
+            worker.step_or_park(Some(Duration::from_millis(2)));
         }
         if let Some(e) = handles.sink_errors.borrow().first() {
             return Err(e.clone());
@@ -446,6 +460,7 @@ fn drive(
                     catch_up_started.elapsed(),
                     peers,
                     epoch,
+                    memo,
                 ));
             }
             if let Some(r) = &replay {
@@ -550,12 +565,14 @@ fn drive(
 }
 
 /// `stats.json`'s `replay`: how fast the inputs present at start were caught up with (for a
-/// restart, the replay of what an earlier run saw), and how many LLM results the cache served.
+/// restart, the replay of what an earlier run saw), how many LLM results the cache served, and
+/// how many decontamination verdicts the memo did.
 fn replay_report(
     stats: &serde_json::Value,
     took: Duration,
     workers: usize,
     epochs: Epoch,
+    memo: &DecontamMemo,
 ) -> serde_json::Value {
     let count = |v: &serde_json::Value| -> u64 {
         v.as_object().map_or(0, |o| {
@@ -574,6 +591,9 @@ fn replay_report(
         "questions_per_s_per_worker": (questions as f64 / secs / workers.max(1) as f64).round(),
         "llm_cached": stats["llm"]["total"]["cached"].as_u64().unwrap_or(0),
         "llm_called": stats["llm"]["total"]["done"].as_u64().unwrap_or(0),
+        // Decontamination verdicts of the last clean stop: loaded, and reused instead of
+        // matching (by this process).
+        "decontam_memo": { "loaded": memo.len(), "reused": memo.reused() },
     })
 }
 

@@ -49,6 +49,7 @@ use crate::store::Store;
 use crate::teachers::answer_text;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::Hash;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,7 +126,8 @@ impl OutDirs {
                 && m.shards.len() == sink.shards as usize
                 && m.format == sink.format.as_str()
         });
-        let mut remove = vec![self.changes(), self.rejections(), self.contamination()];
+        // The audit folders stay: their tables rewrite only what differs (see [`AuditTable`]).
+        let mut remove = vec![self.changes()];
         if !keep {
             remove.push(self.dataset());
         }
@@ -144,7 +146,12 @@ impl OutDirs {
         ] {
             std::fs::create_dir_all(&d)?;
         }
-        for d in [self.dataset(), self.manifest_parts()] {
+        for d in [
+            self.dataset(),
+            self.manifest_parts(),
+            self.rejections(),
+            self.contamination(),
+        ] {
             for e in std::fs::read_dir(&d)?.filter_map(|e| e.ok()) {
                 if e.path().extension().is_some_and(|x| x == "tmp") {
                     std::fs::remove_file(e.path())?;
@@ -262,6 +269,20 @@ impl Naming {
             }),
             None => json!({"question_id": qid.to_string()}),
         }
+    }
+
+    /// A digest of the names rendering uses besides the store's (steps, teachers): audit
+    /// files rendered under another digest are rewritten.
+    pub fn context_digest(&self) -> u128 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for names in [&self.steps, &self.teachers] {
+            h.update(&(names.len() as u64).to_le_bytes());
+            for n in names.iter() {
+                h.update(&(n.len() as u64).to_le_bytes());
+                h.update(n.as_bytes());
+            }
+        }
+        h.digest128()
     }
 
     pub fn render_rejection(&self, r: &Rejection) -> Value {
@@ -729,12 +750,52 @@ pub fn checksum(bytes: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
-/// Whether every file of `entry` is on disk with its size and checksum.
-fn verify(dir: &Path, entry: &ShardEntry) -> bool {
+/// What `stat` said of a shard file when this process last wrote or checksummed it. While it
+/// still says so (size, modification and change times to the nanosecond, inode), the file is
+/// the one checksummed: any write, replacement or `touch` changes the change time. Kept in
+/// `dataset/.manifest/stat-SSSSS.json`, beside the shard's fragment, never in the manifest.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct FileStat {
+    path: String,
+    checksum: String,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+fn file_stat(dir: &Path, file: &FileEntry) -> Option<FileStat> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir.join(&file.path)).ok()?;
+    Some(FileStat {
+        path: file.path.clone(),
+        checksum: file.checksum.clone(),
+        len: m.len(),
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        ino: m.ino(),
+    })
+}
+
+fn stat_path(dirs: &OutDirs, shard: u32) -> PathBuf {
+    dirs.manifest_parts().join(format!("stat-{shard:05}.json"))
+}
+
+/// Whether every file of `entry` is on disk with its size and checksum: by `stat` when the
+/// file is as this process last saw it, else by reading it.
+fn verify(dirs: &OutDirs, entry: &ShardEntry) -> bool {
+    let dir = dirs.dataset();
+    let known: Vec<FileStat> = std::fs::read(stat_path(dirs, entry.shard))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
     entry.files.iter().all(|f| {
-        let path = dir.join(&f.path);
-        std::fs::metadata(&path).is_ok_and(|m| m.len() == f.bytes)
-            && std::fs::read(&path).is_ok_and(|b| checksum(&b) == f.checksum)
+        let now = file_stat(&dir, f);
+        if now.as_ref().is_some_and(|n| known.contains(n)) {
+            return true;
+        }
+        now.is_some_and(|n| n.len == f.bytes)
+            && std::fs::read(dir.join(&f.path)).is_ok_and(|b| checksum(&b) == f.checksum)
     })
 }
 
@@ -773,7 +834,7 @@ impl DatasetFiles {
         let mut entries = BTreeMap::new();
         for s in (0..sink.shards).filter(|s| *s as usize % peers == worker) {
             shards.insert(s, BTreeMap::new());
-            if let Some(e) = old.remove(&s).filter(|e| verify(&dirs.dataset(), e)) {
+            if let Some(e) = old.remove(&s).filter(|e| verify(&dirs, e)) {
                 entries.insert(s, e);
             }
         }
@@ -844,11 +905,7 @@ impl DatasetFiles {
             if old.rows_digest.as_deref() == Some(digest.as_str()) {
                 // The same rows as the files hold (verified at start): nothing to render.
                 if !self.started {
-                    let fragment = self
-                        .dirs
-                        .manifest_parts()
-                        .join(format!("part-{shard:05}.json"));
-                    write_atomic(&fragment, &serde_json::to_vec(old).expect("json"))?;
+                    self.write_fragment(old)?;
                 }
                 return Ok(false);
             }
@@ -933,14 +990,29 @@ impl DatasetFiles {
             },
         };
         if !self.started || old != Some(&entry) {
-            let fragment = self
-                .dirs
-                .manifest_parts()
-                .join(format!("part-{shard:05}.json"));
-            write_atomic(&fragment, &serde_json::to_vec(&entry).expect("json"))?;
+            self.write_fragment(&entry)?;
         }
         self.entries.insert(shard, entry);
         Ok(wrote)
+    }
+
+    /// Writes a shard's manifest fragment, and what `stat` says of its files now (for the
+    /// next run's [`verify`]).
+    fn write_fragment(&self, entry: &ShardEntry) -> std::io::Result<()> {
+        let stats: Vec<FileStat> = entry
+            .files
+            .iter()
+            .filter_map(|f| file_stat(&self.dirs.dataset(), f))
+            .collect();
+        write_atomic(
+            &stat_path(&self.dirs, entry.shard),
+            &serde_json::to_vec(&stats).expect("json"),
+        )?;
+        let fragment = self
+            .dirs
+            .manifest_parts()
+            .join(format!("part-{:05}.json", entry.shard));
+        write_atomic(&fragment, &serde_json::to_vec(entry).expect("json"))
     }
 }
 
@@ -1157,20 +1229,47 @@ pub fn publish_changes(dirs: &OutDirs, epoch: Epoch) -> std::io::Result<bool> {
 }
 
 /// A current-state audit table kept by worker 0 and rewritten per group when it changes.
-pub struct AuditTable<T: Ord + Clone> {
+///
+/// Its files outlive a run: a restart's first epoch rewrites only the groups whose content
+/// differs from what the files hold (by a digest of the group's records and the naming they
+/// are rendered with, kept in `<dir>/.digests.json` with each file's size), and removes the
+/// files of groups that are gone.
+pub struct AuditTable<T: Ord + Clone + Hash> {
     groups: BTreeMap<String, BTreeMap<T, isize>>,
     dir: PathBuf,
+    /// A digest of what rendering depends on besides the records (step and teacher names).
+    context: u128,
+    /// group -> (digest, file size) of what its file holds; loaded at the first epoch.
+    written: Option<BTreeMap<String, (String, u64)>>,
 }
 
-impl<T: Ord + Clone> AuditTable<T> {
-    pub fn new(dir: PathBuf) -> Self {
+impl<T: Ord + Clone + Hash> AuditTable<T> {
+    pub fn new(dir: PathBuf, context: u128) -> Self {
         AuditTable {
             groups: BTreeMap::new(),
             dir,
+            context,
+            written: None,
         }
     }
 
-    /// Applies diffs (grouped by `group`); rewrites `<dir>/<group>.jsonl` for changed groups.
+    fn digests_path(&self) -> PathBuf {
+        self.dir.join(".digests.json")
+    }
+
+    fn digest(&self, table: &BTreeMap<T, isize>) -> String {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&self.context.to_le_bytes());
+        h.update(RENDER_VERSION.as_bytes());
+        for (t, c) in table {
+            t.hash(&mut h);
+            c.hash(&mut h);
+        }
+        format!("{:032x}", h.digest128())
+    }
+
+    /// Applies diffs (grouped by `group`); rewrites `<dir>/<group>.jsonl` for changed groups
+    /// (at the first epoch, for groups whose file does not hold them already).
     pub fn epoch(
         &mut self,
         updates: Vec<(T, isize)>,
@@ -1188,23 +1287,70 @@ impl<T: Ord + Clone> AuditTable<T> {
             }
             changed.insert(g);
         }
+        let written = match self.written.take() {
+            Some(w) => w,
+            None => {
+                // First epoch: every group is checked against its file; files of groups that
+                // are not here any more go.
+                let w: BTreeMap<String, (String, u64)> = std::fs::read(self.digests_path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                changed.extend(self.groups.keys().cloned());
+                for e in std::fs::read_dir(&self.dir)?.filter_map(|e| e.ok()) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if let Some(g) = name.strip_suffix(".jsonl") {
+                        if !self.groups.contains_key(g) {
+                            changed.insert(g.to_string());
+                        }
+                    }
+                }
+                w
+            }
+        };
+        let mut written = written;
+        let before = written.clone();
         for g in changed {
-            let table = &self.groups[&g];
             let path = self.dir.join(format!("{g}.jsonl"));
-            if table.is_empty() {
-                let _ = std::fs::remove_file(&path);
+            let table = match self.groups.get(&g) {
+                Some(t) if !t.is_empty() => t,
+                _ => {
+                    self.groups.remove(&g);
+                    written.remove(&g);
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+            };
+            let digest = self.digest(table);
+            let on_disk = std::fs::metadata(&path).map(|m| m.len()).ok();
+            if written
+                .get(&g)
+                .is_some_and(|(d, len)| *d == digest && on_disk == Some(*len))
+            {
                 continue;
             }
-            let mut out = Vec::new();
+            // Streamed to a temporary file (a group can hold millions of records).
+            let (tmp, w) = temp_writer(&path)?;
+            let mut w = Hashing::new(w);
             for (t, c) in table {
                 let line = render(t);
                 for _ in 0..(*c).max(0) {
-                    serde_json::to_writer(&mut out, &line).expect("json");
-                    out.push(b'\n');
+                    serde_json::to_writer(&mut w, &line)?;
+                    w.write_all(b"\n")?;
                 }
             }
-            write_atomic(&path, &out)?;
+            w.flush()?;
+            let len = w.bytes;
+            commit_temp(&tmp, w.inner, &path)?;
+            written.insert(g, (digest, len));
         }
+        if written != before {
+            write_atomic(
+                &self.digests_path(),
+                &serde_json::to_vec(&written).expect("json"),
+            )?;
+        }
+        self.written = Some(written);
         Ok(())
     }
 }

@@ -28,7 +28,7 @@ pub fn epoch_binary<'s, D1, D2, O, P1, P2, L>(
     left_pact: P1,
     right_pact: P2,
     name: &str,
-    mut logic: L,
+    logic: L,
 ) -> VecCollection<'s, Epoch, O>
 where
     D1: Clone + 'static,
@@ -38,6 +38,31 @@ where
     P2: ParallelizationContract<Epoch, Vec<(D2, Epoch, isize)>>,
     L: FnMut(Epoch, Updates<D1>, Updates<D2>, &mut Vec<(O, isize)>) + 'static,
 {
+    epoch_binary_then(left, right, left_pact, right_pact, name, logic, || {})
+}
+
+/// Like [`epoch_binary`], and calls `at_end` once, after the last epoch, when both inputs have
+/// ended (their frontiers are empty: the run stops cleanly). A step saves what it wants to
+/// keep for the next run there.
+pub fn epoch_binary_then<'s, D1, D2, O, P1, P2, L, E>(
+    left: VecCollection<'s, Epoch, D1>,
+    right: VecCollection<'s, Epoch, D2>,
+    left_pact: P1,
+    right_pact: P2,
+    name: &str,
+    mut logic: L,
+    at_end: E,
+) -> VecCollection<'s, Epoch, O>
+where
+    D1: Clone + 'static,
+    D2: Clone + 'static,
+    O: Clone + 'static,
+    P1: ParallelizationContract<Epoch, Vec<(D1, Epoch, isize)>>,
+    P2: ParallelizationContract<Epoch, Vec<(D2, Epoch, isize)>>,
+    L: FnMut(Epoch, Updates<D1>, Updates<D2>, &mut Vec<(O, isize)>) + 'static,
+    E: FnOnce() + 'static,
+{
+    let mut at_end = Some(at_end);
     type Pending<A, B> = BTreeMap<Epoch, (Capability<Epoch>, Updates<A>, Updates<B>)>;
     left.inner
         .binary_frontier(
@@ -77,6 +102,11 @@ where
                             for (o, d) in produced.drain(..) {
                                 session.give((o, t, d));
                             }
+                        }
+                    }
+                    if pending.is_empty() && f1.is_empty() && f2.is_empty() {
+                        if let Some(end) = at_end.take() {
+                            end();
                         }
                     }
                 }

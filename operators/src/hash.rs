@@ -22,6 +22,13 @@ const SEED_GRAM: u64 = 0x7468_6f75_6768_7405;
 
 /// NFKC, lowercase, collapse whitespace, trim.
 pub fn normalize(text: &str) -> String {
+    if text.is_ascii() {
+        return normalize_ascii(text.as_bytes());
+    }
+    normalize_unicode(text)
+}
+
+fn normalize_unicode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut pending_space = false;
     let mut push = |c: char, out: &mut String| {
@@ -35,18 +42,30 @@ pub fn normalize(text: &str) -> String {
             out.push(c);
         }
     };
-    if text.is_ascii() {
-        for b in text.bytes() {
-            push((b as char).to_ascii_lowercase(), &mut out);
-        }
-    } else {
-        for c in text.nfkc() {
-            for l in c.to_lowercase() {
-                push(l, &mut out);
-            }
+    for c in text.nfkc() {
+        for l in c.to_lowercase() {
+            push(l, &mut out);
         }
     }
     out
+}
+
+/// [`normalize`] of ASCII text (NFKC is the identity there): words copied whole, then
+/// lowercased in one pass.
+fn normalize_ascii(text: &[u8]) -> String {
+    let mut out: Vec<u8> = Vec::with_capacity(text.len());
+    // `char::is_whitespace` on ASCII: space and \t \n \x0b \x0c \r.
+    for word in text
+        .split(|&b| b == b' ' || (b'\t'..=b'\r').contains(&b))
+        .filter(|w| !w.is_empty())
+    {
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        out.extend_from_slice(word);
+    }
+    out.make_ascii_lowercase();
+    String::from_utf8(out).expect("ASCII in, ASCII out")
 }
 
 /// Content hash: xxh3-128 of the normalized text.
@@ -90,7 +109,17 @@ pub fn hash128(bytes: &[u8]) -> u128 {
 
 /// Whitespace-separated tokens of a raw text (the `length_guard` measure).
 pub fn whitespace_tokens(text: &str) -> u32 {
-    text.split_whitespace().count() as u32
+    if !text.is_ascii() {
+        return text.split_whitespace().count() as u32;
+    }
+    let mut count = 0u32;
+    let mut in_token = false;
+    for &b in text.as_bytes() {
+        let space = b == b' ' || (b'\t'..=b'\r').contains(&b);
+        count += (!space && !in_token) as u32;
+        in_token = !space;
+    }
+    count
 }
 
 /// The words of an already normalized text: maximal runs of alphanumeric characters.
@@ -180,6 +209,37 @@ mod tests {
         assert_eq!(a, word_ngrams("A, b; C  d", 2));
         assert!(word_ngrams("a b", 3).is_empty());
         assert_eq!(word_ngram_span("A b C d", 2, 1), "b c");
+    }
+
+    #[test]
+    fn ascii_fast_paths_equal_the_general_ones() {
+        // Every ASCII byte, whitespace of each kind and runs of it, in pseudo-random strings.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..2000usize {
+            let text: String = (0..len % 97)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let b = (x % 128) as u8;
+                    (if x % 5 == 0 {
+                        b" \t\n\x0b\x0c\r"[(x % 6) as usize]
+                    } else {
+                        b
+                    }) as char
+                })
+                .collect();
+            assert_eq!(
+                normalize_ascii(text.as_bytes()),
+                normalize_unicode(&text),
+                "{text:?}"
+            );
+            assert_eq!(
+                whitespace_tokens(&text),
+                text.split_whitespace().count() as u32,
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

@@ -7,10 +7,11 @@
 use differential_dataflow::VecCollection;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use thoughtflow_operators::record::*;
 use thoughtflow_operators::steps::decontam::{
-    self, DecontamConfig, FuzzyConfig, NgramConfig, NgramUnit, Tokens,
+    self, DecontamConfig, DecontamMemo, FuzzyConfig, MemoHooks, MemoTable, NgramConfig, NgramUnit,
+    Tokens,
 };
 use thoughtflow_operators::steps::fanout::{self, Answers, LookupBy, LookupKey};
 use thoughtflow_operators::steps::select::{self, GroupBy, GroupKey, GroupSizes, Selection};
@@ -226,25 +227,47 @@ fn text_of(seed: u8, len: usize) -> String {
         .join(" ")
 }
 
+/// A decontamination script's input as questions and benchmark items.
+#[allow(clippy::type_complexity)]
+fn split_decontam<'s>(
+    input: VecCollection<'s, Epoch, DIn>,
+) -> (
+    VecCollection<'s, Epoch, (QuestionId, Question)>,
+    VecCollection<'s, Epoch, BenchItem>,
+) {
+    let questions = input.clone().flat_map(|d| match d {
+        DIn::Q(q) => Some((q.id, q)),
+        _ => None,
+    });
+    let items = input.flat_map(|d| match d {
+        DIn::B(b) => Some(b),
+        _ => None,
+    });
+    (questions, items)
+}
+
 struct Decontam {
     cfg: DecontamConfig,
     texts: Arc<MemTexts>,
+    /// Verdicts of an earlier run to reuse, and where this run's go when its inputs end.
+    memo: Option<(Arc<DecontamMemo>, Arc<Mutex<Vec<MemoTable>>>)>,
 }
 impl Build<DIn, Out> for Decontam {
     fn build<'s>(&self, input: VecCollection<'s, Epoch, DIn>) -> VecCollection<'s, Epoch, Out> {
-        let questions = input.clone().flat_map(|d| match d {
-            DIn::Q(q) => Some((q.id, q)),
-            _ => None,
+        let memo = self.memo.as_ref().map(|(previous, saved)| {
+            let saved = Arc::clone(saved);
+            MemoHooks {
+                previous: Arc::clone(previous),
+                save: Box::new(move |t| saved.lock().unwrap().push(t)),
+            }
         });
-        let items = input.flat_map(|d| match d {
-            DIn::B(b) => Some(b),
-            _ => None,
-        });
+        let (questions, items) = split_decontam(input);
         let matches = decontam::ngram_matches(
             questions.clone(),
             items,
             self.cfg.clone(),
             self.texts.clone(),
+            memo,
         );
         let out = decontam::apply_matches(STEP, questions, matches.clone());
         combine(out).concat(matches.map(Out::Match))
@@ -351,9 +374,21 @@ proptest! {
         let store = MemTexts::new();
         let mut text_by_ref = BTreeMap::new();
         for t in &texts { text_by_ref.insert(store.put(t), t.clone()); }
-        let inputs = accumulate_script(&script);
+        // A first run saves its verdicts (the memo); then the script is checked without a memo,
+        // reusing the memo, and as a restart's replay (the final state in one epoch) reusing it.
+        let saved = Arc::new(Mutex::new(Vec::new()));
+        let first = Decontam { cfg: cfg.clone(), texts: store.clone(), memo: Some((Arc::new(DecontamMemo::default()), Arc::clone(&saved))) };
+        let _ = run_script(1, &script, first);
+        let mut memo = DecontamMemo::default();
+        for t in saved.lock().unwrap().drain(..) { memo.add(t); }
+        let memo = Arc::new(memo);
+        let last = accumulate_script(&script).pop().unwrap_or_default();
+        let replay: Vec<Vec<(DIn, isize)>> = vec![last.into_iter().collect()];
+        for (script, memo) in [(&script, None), (&script, Some(&memo)), (&replay, Some(&memo))] {
+        let inputs = accumulate_script(script);
         for workers in [1, 2] {
-            let outputs = run_script(workers, &script, Decontam { cfg: cfg.clone(), texts: store.clone() });
+            let memo = memo.map(|m| (Arc::clone(m), Arc::new(Mutex::new(Vec::new()))));
+            let outputs = run_script(workers, script, Decontam { cfg: cfg.clone(), texts: store.clone(), memo });
             for (epoch, (input, output)) in inputs.iter().zip(&outputs).enumerate() {
                 let qs: Vec<Question> = input.keys().filter_map(|d| match d { DIn::Q(q) => Some(q.clone()), _ => None }).collect();
                 let items: Vec<BenchItem> = input.keys().filter_map(|d| match d { DIn::B(b) => Some(b.clone()), _ => None }).collect();
@@ -371,6 +406,7 @@ proptest! {
                 }
                 prop_assert_eq!(output, &expected, "epoch {} on {} worker(s)", epoch, workers);
             }
+        }
         }
     }
 }
@@ -616,4 +652,120 @@ proptest! {
             }
         }
     }
+}
+
+/// Counts the texts a matcher reads.
+struct Counting(Arc<MemTexts>, std::sync::atomic::AtomicUsize);
+impl thoughtflow_operators::text::TextLookup for Counting {
+    fn get(&self, key: TextRef) -> Option<Arc<str>> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.get(key)
+    }
+}
+
+struct MemoRun {
+    cfg: DecontamConfig,
+    texts: Arc<Counting>,
+    previous: Arc<DecontamMemo>,
+    saved: Arc<Mutex<Vec<MemoTable>>>,
+}
+impl Build<DIn, Out> for MemoRun {
+    fn build<'s>(&self, input: VecCollection<'s, Epoch, DIn>) -> VecCollection<'s, Epoch, Out> {
+        let (questions, items) = split_decontam(input);
+        let saved = Arc::clone(&self.saved);
+        let memo = MemoHooks {
+            previous: Arc::clone(&self.previous),
+            save: Box::new(move |t| saved.lock().unwrap().push(t)),
+        };
+        let texts: Arc<dyn thoughtflow_operators::text::TextLookup> = self.texts.clone();
+        decontam::ngram_matches(questions, items, self.cfg.clone(), texts, Some(memo))
+            .map(Out::Match)
+    }
+}
+
+/// A restart's replay takes every verdict from the memo (reading no question text), gives the
+/// same matches, and a changed benchmark set invalidates the memo (every text is read again).
+#[test]
+fn decontam_memo_serves_a_replay_and_expires_with_the_benchmarks() {
+    let texts = MemTexts::new();
+    let question = |id: u64, text: &str| {
+        DIn::Q(Question {
+            id: QuestionId(id),
+            source: SourceId(0),
+            priority: 0,
+            domain: Domain::Math,
+            hash: thoughtflow_operators::hash::content_hash(text),
+            text: texts.put(text),
+            tokens: 1,
+            chars: 1,
+            score: None,
+            difficulty: None,
+        })
+    };
+    let item = |id: &str, text: &str| {
+        DIn::B(BenchItem {
+            bench: "b".into(),
+            item: id.into(),
+            text: text.into(),
+        })
+    };
+    let epoch0 = vec![
+        (
+            question(1, "the quick brown fox jumps over the lazy dog"),
+            1,
+        ),
+        (
+            question(2, "an entirely different question about primes"),
+            1,
+        ),
+        (
+            question(3, "the quick brown fox jumps over the lazy dog"),
+            1,
+        ),
+        (
+            item("i1", "so the quick brown fox jumps over the lazy dog again"),
+            1,
+        ),
+    ];
+    let cfg = DecontamConfig::ngram_only(NgramConfig {
+        n: 4,
+        unit: NgramUnit::Word,
+    });
+    let run = |script: &[Vec<(DIn, isize)>], previous: Arc<DecontamMemo>, workers: usize| {
+        let counting = Arc::new(Counting(texts.clone(), Default::default()));
+        let saved = Arc::new(Mutex::new(Vec::new()));
+        let out = run_script(
+            workers,
+            script,
+            MemoRun {
+                cfg: cfg.clone(),
+                texts: Arc::clone(&counting),
+                previous,
+                saved: Arc::clone(&saved),
+            },
+        );
+        let reads = counting.1.load(std::sync::atomic::Ordering::SeqCst);
+        let mut memo = DecontamMemo::default();
+        for t in saved.lock().unwrap().drain(..) {
+            memo.add(t);
+        }
+        (out, reads, memo)
+    };
+    let script = vec![epoch0.clone()];
+    let (first, reads, memo) = run(&script, Arc::default(), 2);
+    assert_eq!(reads, 3, "a first run reads every question's text");
+    assert_eq!(first[0].len(), 2, "questions 1 and 3 match: {:?}", first[0]);
+    assert_eq!(memo.len(), 2, "two distinct texts have a verdict");
+    let memo = Arc::new(memo);
+    for workers in [1, 2] {
+        let (again, reads, _) = run(&script, Arc::clone(&memo), workers);
+        assert_eq!(reads, 0, "a replay reads no text on {workers} worker(s)");
+        assert_eq!(again, first);
+    }
+    // Another benchmark item: a different index, so nothing is reused.
+    let mut changed = epoch0.clone();
+    changed.push((item("i2", "an entirely different question about primes"), 1));
+    let (out, reads, _) = run(&[changed], Arc::clone(&memo), 2);
+    assert_eq!(reads, 3);
+    assert_eq!(out[0].len(), 3, "question 2 now matches i2: {:?}", out[0]);
 }

@@ -701,3 +701,104 @@ fn the_change_log_can_skip_the_first_build_or_everything() {
         "nothing is logged"
     );
 }
+
+/// A clean stop keeps the decontamination verdicts: a rerun reuses every one of them (and
+/// publishes the same files), and a changed benchmark set makes them miss, not lie: the
+/// question a new benchmark item leaks is rejected on the next run, and restored when the
+/// item goes.
+#[test]
+fn a_rerun_reuses_decontamination_verdicts_until_the_benchmarks_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.join("bench")).unwrap();
+    // 40 questions of 24 pseudo-random words each: no two share a 13-gram or are near copies.
+    const WORDS: [&str; 16] = [
+        "prime", "triangle", "integer", "circle", "radius", "sum", "product", "digit", "square",
+        "angle", "series", "matrix", "vector", "area", "chord", "root",
+    ];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let qs: Vec<Value> = (0..40)
+        .map(|i| {
+            let words: Vec<&str> = (0..24)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    WORDS[(x % 16) as usize]
+                })
+                .collect();
+            json!({"id": format!("q{i}"), "question": words.join(" ")})
+        })
+        .collect();
+    write_jsonl(&dir.join("src/a.jsonl"), &qs);
+    let leak = |i: usize| json!({"id": format!("b{i}"), "question": qs[i]["question"]});
+    write_jsonl(&dir.join("bench/evals.jsonl"), &[leak(7)]);
+    let r = recipe(
+        dir,
+        "r",
+        "shards = 4",
+        r#"
+[[benchmarks]]
+name = "evals"
+path = "bench"
+
+[[steps]]
+id = "decontam"
+type = "decontaminate"
+ngram = 13
+fuzzy = 90
+
+[[steps]]
+id = "fan"
+type = "fanout"
+teacher = "t"
+"#,
+    );
+    let out = dir.join("out");
+    let args = ["run", r.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let rejected = |out: &Path| -> BTreeSet<String> {
+        std::fs::read_to_string(out.join("rejections/decontam.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["row"]["id"].to_string())
+            .collect()
+    };
+    run_ok(&args);
+    let s1 = stats(&out);
+    assert_eq!(s1["replay"]["decontam_memo"]["reused"], 0);
+    assert_eq!(rejected(&out), BTreeSet::from(["\"q7\"".to_string()]));
+    let memo_files = std::fs::read_dir(out.join(".store/decontam"))
+        .unwrap()
+        .count();
+    assert!(memo_files > 0, "a clean stop saves the verdicts");
+    let bytes = |out: &Path| -> BTreeMap<String, Vec<u8>> {
+        snapshot(out).into_iter().map(|(k, v)| (k, v.2)).collect()
+    };
+    let files1 = bytes(&out);
+
+    // A rerun takes all 40 verdicts from the memo and publishes the same files.
+    run_ok(&args);
+    let s2 = stats(&out);
+    assert_eq!(s2["replay"]["decontam_memo"]["loaded"], 40);
+    assert_eq!(s2["replay"]["decontam_memo"]["reused"], 40);
+    assert_eq!(rejected(&out), BTreeSet::from(["\"q7\"".to_string()]));
+    assert_eq!(bytes(&out), files1);
+    assert_eq!(s2["dataset"]["rows"], s1["dataset"]["rows"]);
+
+    // Another benchmark file: none of the verdicts applies, and q12 is caught.
+    write_jsonl(&dir.join("bench/more.jsonl"), &[leak(12)]);
+    run_ok(&args);
+    let s3 = stats(&out);
+    assert_eq!(s3["replay"]["decontam_memo"]["reused"], 0);
+    assert_eq!(
+        rejected(&out),
+        BTreeSet::from(["\"q7\"".to_string(), "\"q12\"".to_string()])
+    );
+    // Removing it restores q12: the memo now holds the third run's verdicts, which miss.
+    std::fs::remove_file(dir.join("bench/more.jsonl")).unwrap();
+    run_ok(&args);
+    assert_eq!(stats(&out)["replay"]["decontam_memo"]["reused"], 0);
+    assert_eq!(rejected(&out), BTreeSet::from(["\"q7\"".to_string()]));
+    assert_eq!(bytes(&out), files1);
+}

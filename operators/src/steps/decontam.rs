@@ -40,7 +40,7 @@
 //! million questions per worker); adding questions costs only their own n-grams. At 10x the
 //! questions the state grows 10x; at 10x the benchmarks only the (small) index grows.
 
-use crate::epoch::{accumulate, epoch_binary};
+use crate::epoch::{accumulate, epoch_binary_then};
 use crate::fuzzy::Pattern;
 use crate::hash;
 use crate::hash::{FastMap as HashMap, FastSet as HashSet};
@@ -52,7 +52,9 @@ use crate::steps::StepOutput;
 use crate::text::TextLookup;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::sync::Arc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
@@ -473,44 +475,178 @@ impl BenchmarkIndex {
     }
 }
 
+/// Bump when what [`BenchmarkIndex::matches`] returns for a text can change: it is part of
+/// every memo digest, so that verdicts of an older matcher are never reused.
+const MEMO_VERSION: u32 = 1;
+
+/// One decontamination operator's verdicts under one benchmark index, for the next run: which
+/// texts are clean and what the others matched (question ids zeroed: a verdict is a function
+/// of the text and the index alone).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoTable {
+    /// [`index_digest`] of the configuration and live items the verdicts were computed under.
+    pub digest: u128,
+    pub clean: Vec<TextRef>,
+    pub found: Vec<(TextRef, Vec<Match>)>,
+}
+
+#[derive(Default)]
+struct MemoLookup {
+    clean: HashSet<TextRef>,
+    found: HashMap<TextRef, Vec<Match>>,
+}
+
+/// The verdicts of earlier runs, by index digest: loaded once per process and shared by its
+/// workers, so that a restart's replay looks verdicts up instead of matching every question
+/// again. A verdict is reused only under the exact configuration and benchmark items (and
+/// matcher version) it was computed with.
+#[derive(Default)]
+pub struct DecontamMemo {
+    tables: HashMap<u128, MemoLookup>,
+    /// Verdicts reused so far (by every worker sharing it).
+    reused: std::sync::atomic::AtomicU64,
+}
+
+impl DecontamMemo {
+    /// Adds a table (tables of one digest, from several workers, merge).
+    pub fn add(&mut self, table: MemoTable) {
+        let t = self.tables.entry(table.digest).or_default();
+        t.clean.extend(table.clean);
+        t.found.extend(table.found);
+    }
+
+    /// How many verdicts it holds.
+    pub fn len(&self) -> usize {
+        self.tables
+            .values()
+            .map(|t| t.clean.len() + t.found.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many verdicts have been reused (looked up instead of computed) so far.
+    pub fn reused(&self) -> u64 {
+        self.reused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The remembered matches of `text` under `digest`, with `question` filled in; `None` when
+    /// the text was not seen under that index.
+    fn lookup(&self, digest: u128, question: QuestionId, text: TextRef) -> Option<Vec<Match>> {
+        let t = self.tables.get(&digest)?;
+        let found = if t.clean.contains(&text) {
+            Some(Vec::new())
+        } else {
+            t.found.get(&text).map(|list| {
+                list.iter()
+                    .map(|m| Match {
+                        question,
+                        ..m.clone()
+                    })
+                    .collect()
+            })
+        };
+        if found.is_some() {
+            self.reused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        found
+    }
+}
+
+/// What a decontamination operator remembers across runs: the verdicts it may reuse, and where
+/// it hands its own when its inputs end (a clean stop; a crash leaves the earlier ones).
+pub struct MemoHooks {
+    pub previous: Arc<DecontamMemo>,
+    pub save: Box<dyn FnOnce(MemoTable)>,
+}
+
+/// The digest a memo's verdicts are valid under: the matcher version, the configuration and
+/// every live benchmark item (in order).
+pub fn index_digest<'a>(
+    cfg: &DecontamConfig,
+    items: impl IntoIterator<Item = &'a BenchItem>,
+) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&MEMO_VERSION.to_le_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    let field = |h: &mut xxhash_rust::xxh3::Xxh3, s: &str| {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    field(&mut h, &format!("{cfg:?}"));
+    for item in items {
+        field(&mut h, &item.bench);
+        field(&mut h, &item.item);
+        field(&mut h, &item.text);
+    }
+    h.digest128()
+}
+
 /// Finds the n-gram matches between questions and benchmark items, incrementally.
 ///
 /// `texts` must hold the text of every question that arrives (the runtime stores it before the
 /// question enters the dataflow).
+///
+/// With `memo`, a question whose text has a verdict under the current index (from an earlier
+/// run) takes it instead of being matched, and when the inputs end the operator hands its
+/// verdicts to `memo.save`.
 pub fn ngram_matches<'s>(
     questions: VecCollection<'s, Epoch, (QuestionId, Question)>,
     benchmarks: VecCollection<'s, Epoch, BenchItem>,
     cfg: DecontamConfig,
     texts: Arc<dyn TextLookup>,
+    memo: Option<MemoHooks>,
 ) -> VecCollection<'s, Epoch, Match> {
     let pairs = questions.map(|(qid, q)| (qid, q.text));
     let broadcast = benchmarks.inner.broadcast();
-    let mut matcher = Matcher {
+    let (previous, save) = match memo {
+        Some(m) => (Some(m.previous), Some(m.save)),
+        None => (None, None),
+    };
+    let matcher = Rc::new(RefCell::new(Matcher {
+        digest: index_digest(&cfg, std::iter::empty()),
         cfg,
         texts,
         live: HashMap::default(),
         items: BTreeMap::new(),
-        index: BenchmarkIndex::default(),
+        index: None,
         emitted: HashMap::default(),
-    };
-    epoch_binary(
+        memo: previous,
+    }));
+    let at_end = Rc::clone(&matcher);
+    epoch_binary_then(
         pairs,
         differential_dataflow::AsCollection::as_collection(broadcast),
         Exchange::new(|u: &((QuestionId, TextRef), Epoch, isize)| (u.0).0 .0),
         Pipeline,
         "DecontaminateNgram",
-        move |_epoch, q_updates, b_updates, out| matcher.epoch(q_updates, b_updates, out),
+        move |_epoch, q_updates, b_updates, out| {
+            matcher.borrow_mut().epoch(q_updates, b_updates, out)
+        },
+        move || {
+            if let Some(save) = save {
+                save(at_end.borrow().memo_table());
+            }
+        },
     )
 }
 
 struct Matcher {
     cfg: DecontamConfig,
     texts: Arc<dyn TextLookup>,
+    /// [`index_digest`] of the configuration and the live items.
+    digest: u128,
+    /// Verdicts of earlier runs.
+    memo: Option<Arc<DecontamMemo>>,
     /// Live (question, text) pairs and their multiplicities.
     live: HashMap<(QuestionId, TextRef), isize>,
     /// Live benchmark items.
     items: BTreeMap<BenchItem, isize>,
-    index: BenchmarkIndex,
+    /// The index of the live items, once built.
+    index: Option<BenchmarkIndex>,
     /// The matches currently in the output, per live pair (only non-empty lists).
     emitted: HashMap<(QuestionId, TextRef), Vec<Match>>,
 }
@@ -520,6 +656,41 @@ impl Matcher {
         self.texts
             .get(key)
             .expect("decontaminate: question text missing from the store (stored before ingest)")
+    }
+
+    /// Builds the index of the live items if it is not built yet.
+    fn ensure_index(&mut self) {
+        if self.index.is_none() {
+            let live = self.items.iter().filter(|(_, c)| **c > 0).map(|(i, _)| i);
+            self.index = Some(BenchmarkIndex::build(&self.cfg, live));
+        }
+    }
+
+    /// The verdicts of every live question, for the next run.
+    fn memo_table(&self) -> MemoTable {
+        let mut table = MemoTable {
+            digest: self.digest,
+            ..MemoTable::default()
+        };
+        let mut seen = HashSet::default();
+        for (pair @ (_, tref), count) in &self.live {
+            if *count <= 0 || !seen.insert(*tref) {
+                continue;
+            }
+            match self.emitted.get(pair) {
+                None => table.clean.push(*tref),
+                Some(list) => table.found.push((
+                    *tref,
+                    list.iter()
+                        .map(|m| Match {
+                            question: QuestionId(0),
+                            ..m.clone()
+                        })
+                        .collect(),
+                )),
+            }
+        }
+        table
     }
 
     fn epoch(
@@ -541,7 +712,9 @@ impl Matcher {
             .map(|(i, _, _)| (i.bench.clone(), i.item.clone()))
             .collect();
         if !changed_items.is_empty() {
-            self.index = BenchmarkIndex::build(
+            // Built when a question first needs it: a replay served by the memo needs none.
+            self.index = None;
+            self.digest = index_digest(
                 &self.cfg,
                 self.items.iter().filter(|(_, c)| **c > 0).map(|(i, _)| i),
             );
@@ -603,8 +776,19 @@ impl Matcher {
                 out.extend(old.into_iter().map(|m| (m, -1)));
             }
             if after > 0 {
-                let text = self.text(tref);
-                let found = self.index.matches(&self.cfg, qid, &text);
+                let remembered = self
+                    .memo
+                    .as_ref()
+                    .and_then(|m| m.lookup(self.digest, qid, tref));
+                let found = match remembered {
+                    Some(found) => found,
+                    None => {
+                        let text = self.text(tref);
+                        self.ensure_index();
+                        let index = self.index.as_ref().expect("just built");
+                        index.matches(&self.cfg, qid, &text)
+                    }
+                };
                 if !found.is_empty() {
                     out.extend(found.iter().cloned().map(|m| (m, 1)));
                     self.emitted.insert((qid, tref), found);

@@ -8,6 +8,8 @@
 //! - gen: seconds to write the workload;
 //! - build: wall time, questions/s, rows/s, peak RSS (VmHWM, polled), dataset bytes and each
 //!   step's counts (stats.json);
+//! - replay: the same command again on the built state (a restart): its `stats.json` `replay`
+//!   (seconds, questions/s per worker, decontamination verdicts reused) and peak RSS;
 //! - follow: the same build under `--follow`, then, on the built state, the time until the
 //!   published dataset shows (a) a new 10k-question source file, (b) the retractions of a new
 //!   500-item benchmark file (copies of published questions), (c) the deletion of a source file.
@@ -289,6 +291,23 @@ fn run_scale(scale: f64, root: &Path) -> Value {
         .and_then(|l| l.split("ms=").nth(1))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok());
+    // replay: a restart on the built state (issue 6: the inputs are replayed, every cached
+    // result reused); `stats.json` -> `replay` says how fast.
+    let (replay_wall_s, replay_peak) = measured(
+        Command::new(bin())
+            .arg("run")
+            .arg(&recipe)
+            .arg("--out")
+            .arg(&out)
+            .args(["--workers", &workers]),
+        &log("replay"),
+    );
+    let replay = stats(&out).map(|s| s["replay"].clone()).unwrap_or_default();
+    eprintln!(
+        "scale {scale}: replayed in {replay_wall_s:.2}s ({} q/s/worker), peak RSS {:.2} GiB",
+        replay["questions_per_s_per_worker"],
+        gib(replay_peak)
+    );
     if std::env::var("OT3_KEEP").is_err() {
         let _ = std::fs::remove_dir_all(&out);
     }
@@ -373,6 +392,11 @@ fn run_scale(scale: f64, root: &Path) -> Value {
             "steps": steps,
             "contamination": contamination,
         },
+        "replay": {
+            "wall_s": replay_wall_s,
+            "peak_rss_bytes": replay_peak,
+            "stats": replay,
+        },
         "follow": {
             "build_s": follow_build,
             "peak_rss_bytes": peak,
@@ -404,14 +428,14 @@ fn main() {
     };
     let mut table = String::new();
     table.push_str(
-        "scale | questions | gen s | build s | questions/s | rows | rows/s | peak RSS GiB | dataset GiB | follow build s | +10k source s | +500 bench s | -source file s | follow peak GiB\n",
+        "scale | questions | gen s | build s | questions/s | rows | rows/s | peak RSS GiB | dataset GiB | replay s | replay q/s/worker | follow build s | +10k source s | +500 bench s | -source file s | follow peak GiB\n",
     );
-    table.push_str("---|---|---|---|---|---|---|---|---|---|---|---|---|---\n");
+    table.push_str("---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---\n");
     for r in &results {
         let b = &r["build"];
         let f = &r["follow"];
         table.push_str(&format!(
-            "{} | {} | {:.2} | {:.2} | {:.0} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {:.2}\n",
+            "{} | {} | {:.2} | {:.2} | {:.0} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {:.2}\n",
             r["scale"],
             r["questions"],
             r["gen_s"].as_f64().unwrap_or(0.0),
@@ -421,6 +445,8 @@ fn main() {
             b["rows_per_s"].as_f64().unwrap_or(0.0),
             gib(b["peak_rss_bytes"].as_u64().unwrap_or(0)),
             gib(b["dataset_bytes"].as_u64().unwrap_or(0)),
+            secs(&r["replay"]["stats"]["seconds"]),
+            r["replay"]["stats"]["questions_per_s_per_worker"],
             secs(&f["build_s"]),
             secs(&f["add_10k_source_s"]),
             secs(&f["add_500_benchmark_s"]),

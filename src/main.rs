@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use thoughtflow::llm::cache::Cache;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use thoughtflow::llm::service::Budget;
 use thoughtflow::llm::Prices;
 use thoughtflow::recipe::{LoadError, Recipe};

@@ -168,56 +168,6 @@ pub fn parse_question(
     })
 }
 
-/// The external id of a JSON record (`field`, a string or a number, as [`field_string`] reads
-/// it), without building the record: other fields are skipped unparsed. `None` when the line
-/// is not a JSON object with that field (the full parse then says why).
-pub fn peek_id(bytes: &[u8], field: &str) -> Option<String> {
-    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-    use std::borrow::Cow;
-    struct Peek<'f>(&'f str);
-    impl<'de> Visitor<'de> for Peek<'_> {
-        type Value = Option<String>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut found = None;
-            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                if key == self.0 {
-                    // The last occurrence wins, as in a parsed object.
-                    found = match map.next_value::<Value>()? {
-                        Value::String(s) => Some(s),
-                        Value::Number(n) => Some(n.to_string()),
-                        _ => None,
-                    };
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(found)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let id = de.deserialize_map(Peek(field)).ok()??;
-    de.end().ok()?;
-    Some(id)
-}
-
-/// Which worker reads a line of a question file: the owner of its question id, so that every
-/// record of an id (in whatever file) goes to one worker and the workers share a file's
-/// records evenly; a line without a readable id (a rejection) goes by its line number.
-fn line_owner(source: &str, id_field: &str, line: usize, bytes: &[u8], peers: usize) -> usize {
-    if peers == 1 {
-        return 0;
-    }
-    match peek_id(bytes, id_field) {
-        Some(id) => {
-            (hash::hash64(&hash::question_id(source, &id).0.to_le_bytes()) % peers as u64) as usize
-        }
-        None => line % peers,
-    }
-}
-
 /// The lines of a file's bytes, with 1-based line numbers; blank lines are skipped.
 pub fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
     bytes
@@ -317,11 +267,18 @@ impl FileTracker {
         }
     }
 
-    /// Reads new, rewritten and deleted files; returns the upserts of the records `worker`
-    /// owns (see [`line_owner`]: every worker reads every file, and parses only its share).
+    /// Reads new, rewritten and deleted files owned by `worker`; returns their upserts.
     pub fn poll(&mut self, worker: usize, peers: usize, store: &Store) -> SourceDelta {
         let mut delta = SourceDelta::default();
-        let present: Vec<PathBuf> = self.spec.input.path().map(list_files).unwrap_or_default();
+        let present: Vec<PathBuf> = self
+            .spec
+            .input
+            .path()
+            .map(list_files)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| owner(p, peers) == worker)
+            .collect();
         // Deleted files: tombstones for their ids, their rejections retracted.
         let gone: Vec<PathBuf> = self
             .files
@@ -357,7 +314,7 @@ impl FileTracker {
             }
             delta.files_read += 1;
             delta.bytes_read += bytes.len() as u64;
-            let (ids, rejections, upserts) = self.read_file(&path, &bytes, store, worker, peers);
+            let (ids, rejections, upserts) = self.read_file(&path, &bytes, store);
             if let Some(old) = self.files.remove(&path) {
                 delta
                     .upserts
@@ -389,8 +346,6 @@ impl FileTracker {
         path: &Path,
         bytes: &[u8],
         store: &Store,
-        worker: usize,
-        peers: usize,
     ) -> (
         HashSet<QuestionId>,
         Vec<Rejection>,
@@ -401,9 +356,6 @@ impl FileTracker {
         let mut order = Vec::new();
         let mut rejections = Vec::new();
         for (line, record) in lines(bytes) {
-            if line_owner(&self.spec.name, &self.spec.fields.id, line, record, peers) != worker {
-                continue;
-            }
             let origin = Origin {
                 spec: &self.spec,
                 name: &self.spec.name,
@@ -648,42 +600,6 @@ fn cell_string(col: &arrow_array::ArrayRef, i: usize) -> Result<Option<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peek_id_reads_the_id_as_the_full_parse_does() {
-        for (line, want) in [
-            (r#"{"id": "a1", "question": "x"}"#, Some("a1")),
-            (r#"{"question": "x \" {", "id": 17}"#, Some("17")),
-            (r#"{"i\u0064": "esc", "question": "x"}"#, Some("esc")),
-            (r#"{"id": "first", "id": "last"}"#, Some("last")),
-            (r#"{"question": "x"}"#, None),
-            (r#"{"id": null}"#, None),
-            (r#"{"id": "a", "question": "x""#, None),
-            (r#"["id", "a"]"#, None),
-            (r#"{"id": "a"} trailing"#, None),
-        ] {
-            assert_eq!(peek_id(line.as_bytes(), "id").as_deref(), want, "{line}");
-            if let Some(w) = want {
-                let obj = parse_object(line.as_bytes(), 1 << 20).unwrap();
-                assert_eq!(field_string(&obj, "id").unwrap(), w);
-            }
-        }
-    }
-
-    #[test]
-    fn workers_share_a_files_records_by_id() {
-        let line = |i: usize| format!(r#"{{"id": "q{i}", "question": "x"}}"#);
-        let mut counts = [0usize; 3];
-        for i in 0..3000 {
-            let l = line(i);
-            let o = line_owner("s", "id", i + 1, l.as_bytes(), 3);
-            // The same id on another line goes to the same worker.
-            assert_eq!(o, line_owner("s", "id", i + 7, l.as_bytes(), 3));
-            counts[o] += 1;
-        }
-        assert!(counts.iter().all(|c| (900..1100).contains(c)), "{counts:?}");
-        assert_eq!(line_owner("s", "id", 5, b"not json", 3), 5 % 3);
-    }
 
     fn spec() -> SourceSpec {
         SourceSpec {

@@ -1,8 +1,7 @@
 //! The runtime: timely workers driving the recipe's dataflow, one epoch per poll of the inputs.
 //!
-//! Every epoch, each worker reads the source files that are new, rewritten or deleted and takes
-//! the records whose question id it owns (benchmark files go by path hash), feeds their
-//! upserts and rejections into the dataflow,
+//! Each worker owns a share of the input files (by path hash) and, every epoch, reads the ones
+//! that are new, rewritten or deleted, feeds their upserts and rejections into the dataflow,
 //! advances to the next epoch, and steps until the probe says every worker has published it.
 //! Then worker 0 joins the epoch's change fragments and writes `stats.json`. Without
 //! `--follow` a run is one epoch (everything present at start); with it, the loop polls again

@@ -259,15 +259,19 @@ fn run_scale(scale: f64, root: &Path) -> Value {
 
     // build (one epoch)
     let recipe = gen_dir.join("ot3.toml");
-    let (build_s, build_peak) = measured(
-        Command::new(bin())
-            .arg("run")
-            .arg(&recipe)
-            .arg("--out")
-            .arg(&out)
-            .args(["--workers", &workers]),
-        &log("build"),
-    );
+    // One run of the recipe on `out` (the build, then the replay on what it built).
+    let run_on_out = |name: &str| {
+        measured(
+            Command::new(bin())
+                .arg("run")
+                .arg(&recipe)
+                .arg("--out")
+                .arg(&out)
+                .args(["--workers", &workers]),
+            &log(name),
+        )
+    };
+    let (build_s, build_peak) = run_on_out("build");
     let s = stats(&out).expect("stats.json");
     let rows = s["dataset"]["rows"].as_u64().unwrap_or(0);
     let dataset_bytes = dir_bytes(&out.join("dataset"));
@@ -293,15 +297,7 @@ fn run_scale(scale: f64, root: &Path) -> Value {
         .and_then(|v| v.parse::<u64>().ok());
     // replay: a restart on the built state (issue 6: the inputs are replayed, every cached
     // result reused); `stats.json` -> `replay` says how fast.
-    let (replay_wall_s, replay_peak) = measured(
-        Command::new(bin())
-            .arg("run")
-            .arg(&recipe)
-            .arg("--out")
-            .arg(&out)
-            .args(["--workers", &workers]),
-        &log("replay"),
-    );
+    let (replay_wall_s, replay_peak) = run_on_out("replay");
     let replay = stats(&out).map(|s| s["replay"].clone()).unwrap_or_default();
     eprintln!(
         "scale {scale}: replayed in {replay_wall_s:.2}s ({} q/s/worker), peak RSS {:.2} GiB",

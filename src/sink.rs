@@ -1287,7 +1287,7 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
             }
             changed.insert(g);
         }
-        let written = match self.written.take() {
+        let mut written = match self.written.take() {
             Some(w) => w,
             None => {
                 // First epoch: every group is checked against its file; files of groups that
@@ -1308,7 +1308,6 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
                 w
             }
         };
-        let mut written = written;
         let before = written.clone();
         for g in changed {
             let path = self.dir.join(format!("{g}.jsonl"));

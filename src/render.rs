@@ -20,7 +20,7 @@ use crate::recipe::{
     DedupMode, LlmCall, Recipe, Scorer, SelectSpec, Sizes, StepKind, TeacherKind, Template,
 };
 use crate::sink::{AuditTable, DatasetChanges, DatasetFiles, Naming, OutDirs, SinkEvent};
-use crate::stats::{tally, StatKey, StatsState};
+use crate::stats::{live, tally, work, StatKey, StatsState};
 use crate::store::{Store, StoreDelta};
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
@@ -123,6 +123,30 @@ impl Handles {
             a.flush();
         }
     }
+}
+
+/// Counts a step's outcome (what it let through, what it rejected and why) on its way on.
+fn tally_outcome<'s, D: Clone + 'static>(
+    (passed, rejected): (
+        VecCollection<'s, Epoch, D>,
+        VecCollection<'s, Epoch, Rejection>,
+    ),
+    step: u16,
+    stats: &mut Vec<VecCollection<'s, Epoch, StatKey>>,
+) -> (
+    VecCollection<'s, Epoch, D>,
+    VecCollection<'s, Epoch, Rejection>,
+) {
+    let (passed, counts) = tally(passed, vec![live(move |_| Some(StatKey::StepOut(step)))]);
+    stats.push(counts);
+    let (rejected, counts) = tally(
+        rejected,
+        vec![live(move |r: &Rejection| {
+            Some(StatKey::Rejected(step, r.reason))
+        })],
+    );
+    stats.push(counts);
+    (passed, rejected)
 }
 
 /// Cluster mode: the store entries each worker journaled are sent to one worker per process,
@@ -454,22 +478,20 @@ pub fn build(
         let mut llm_scores = BTreeMap::new();
         let mut llm_answers = BTreeMap::new();
 
-        let mut stats = vec![
-            ingest_work,
-            tally(
-                questions.clone(),
-                false,
-                |(_, q): &(QuestionId, Question)| Some(StatKey::Ingested(q.source, q.domain)),
-            ),
-            tally(ingest_rejections.clone(), false, |r: &Rejection| {
-                match &r.subject {
-                    Subject::Input { source, .. } => {
-                        Some(StatKey::IngestRejected(*source, r.reason))
-                    }
-                    _ => None,
-                }
-            }),
-        ];
+        let (questions, ingested) = tally(
+            questions,
+            vec![live(|(_, q): &(QuestionId, Question)| {
+                Some(StatKey::Ingested(q.source, q.domain))
+            })],
+        );
+        let (ingest_rejections, ingest_rejected) = tally(
+            ingest_rejections,
+            vec![live(|r: &Rejection| match &r.subject {
+                Subject::Input { source, .. } => Some(StatKey::IngestRejected(*source, r.reason)),
+                _ => None,
+            })],
+        );
+        let mut stats = vec![ingest_work, ingested, ingest_rejected];
         let mut rejections = vec![ingest_rejections];
         let mut matches_all = Vec::new();
 
@@ -479,10 +501,16 @@ pub fn build(
         for (i, step) in recipe.steps.iter().enumerate() {
             let sid = StepId(i as u16);
             let i16 = i as u16;
-            if let Some(r) = rows.clone() {
+            if let Some(r) = rows.take() {
                 // A row step.
-                stats.push(tally(r.clone(), false, move |_| Some(StatKey::StepIn(i16))));
-                stats.push(tally(r.clone(), true, move |_| Some(StatKey::Work(i16))));
+                let (r, counts) = tally(
+                    r,
+                    vec![
+                        live(move |_| Some(StatKey::StepIn(i16))),
+                        work(move |_| Some(StatKey::Work(i16))),
+                    ],
+                );
+                stats.push(counts);
                 let out = match &step.kind {
                     StepKind::AnswerDedup => answer_dedup::answer_dedup(sid, r),
                     StepKind::AnswerSelect { keep, k } => {
@@ -510,22 +538,20 @@ pub fn build(
                     ),
                     other => unreachable!("validated: {} is not a row step", other.type_name()),
                 };
-                stats.push(tally(out.passed.clone(), false, move |_| {
-                    Some(StatKey::StepOut(i16))
-                }));
-                stats.push(tally(out.rejected.clone(), false, move |r: &Rejection| {
-                    Some(StatKey::Rejected(i16, r.reason))
-                }));
-                rejections.push(out.rejected);
-                rows = Some(out.passed);
+                let (passed, rejected) = tally_outcome((out.passed, out.rejected), i16, &mut stats);
+                rejections.push(rejected);
+                rows = Some(passed);
                 continue;
             }
-            stats.push(tally(current.clone(), false, move |_| {
-                Some(StatKey::StepIn(i16))
-            }));
-            stats.push(tally(current.clone(), true, move |_| {
-                Some(StatKey::Work(i16))
-            }));
+            let (counted, counts) = tally(
+                current,
+                vec![
+                    live(move |_| Some(StatKey::StepIn(i16))),
+                    work(move |_| Some(StatKey::Work(i16))),
+                ],
+            );
+            current = counted;
+            stats.push(counts);
             if let StepKind::Fanout { teachers, samples } = &step.kind {
                 let mut all_rows = Vec::new();
                 // Questions of a domain no teacher answers are rejected, not dropped.
@@ -552,10 +578,14 @@ pub fn build(
                                 q.domain
                             )),
                         });
-                    rejections.push(uncovered.clone());
-                    stats.push(tally(uncovered, false, move |r: &Rejection| {
-                        Some(StatKey::Rejected(i16, r.reason))
-                    }));
+                    let (uncovered, counts) = tally(
+                        uncovered,
+                        vec![live(move |r: &Rejection| {
+                            Some(StatKey::Rejected(i16, r.reason))
+                        })],
+                    );
+                    rejections.push(uncovered);
+                    stats.push(counts);
                 }
                 for name in teachers {
                     let t = recipe.teacher_index(name).expect("validated teacher");
@@ -627,16 +657,21 @@ pub fn build(
                         }
                     };
                     let out = fanout::fanout(sid, questions, TeacherId(t as u16), samples, answers);
-                    rejections.push(out.rejected.clone());
-                    stats.push(tally(out.rejected, false, move |r: &Rejection| {
-                        Some(StatKey::Rejected(i16, r.reason))
-                    }));
+                    let (rejected, counts) = tally(
+                        out.rejected,
+                        vec![live(move |r: &Rejection| {
+                            Some(StatKey::Rejected(i16, r.reason))
+                        })],
+                    );
+                    rejections.push(rejected);
+                    stats.push(counts);
                     all_rows.push(out.passed);
                 }
-                let r = differential_dataflow::collection::concatenate(scope, all_rows);
-                stats.push(tally(r.clone(), false, move |_| {
-                    Some(StatKey::StepOut(i16))
-                }));
+                let (r, counts) = tally(
+                    differential_dataflow::collection::concatenate(scope, all_rows),
+                    vec![live(move |_| Some(StatKey::StepOut(i16)))],
+                );
+                stats.push(counts);
                 rows = Some(r);
                 continue;
             }
@@ -753,14 +788,9 @@ pub fn build(
                 | StepKind::AnswerSelect { .. }
                 | StepKind::AnswerDecontaminate { .. } => unreachable!("handled above"),
             });
-            stats.push(tally(out.passed.clone(), false, move |_| {
-                Some(StatKey::StepOut(i16))
-            }));
-            stats.push(tally(out.rejected.clone(), false, move |r: &Rejection| {
-                Some(StatKey::Rejected(i16, r.reason))
-            }));
-            rejections.push(out.rejected);
-            current = out.passed;
+            let (passed, rejected) = tally_outcome((out.passed, out.rejected), i16, &mut stats);
+            rejections.push(rejected);
+            current = passed;
         }
 
         // Without a fan-out, each question is one row with no answer.
@@ -876,10 +906,11 @@ pub fn build(
         )
         .probe_with(&probe);
 
-        let all_matches = differential_dataflow::collection::concatenate(scope, matches_all);
-        stats.push(tally(all_matches.clone(), false, |m: &Match| {
-            Some(StatKey::Matches(m.bench.clone()))
-        }));
+        let (all_matches, counts) = tally(
+            differential_dataflow::collection::concatenate(scope, matches_all),
+            vec![live(|m: &Match| Some(StatKey::Matches(m.bench.clone())))],
+        );
+        stats.push(counts);
         let mut table =
             (index == 0).then(|| AuditTable::new(dirs.contamination(), naming.context_digest()));
         let n3 = naming.clone();

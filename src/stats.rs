@@ -2,7 +2,7 @@
 //!
 //! Counts are computed from the collections themselves (sums of diffs), so they stay exact
 //! under retraction: a question that is retracted leaves every count it was in. Each worker
-//! pre-aggregates per batch ([`tally`]), and worker 0 accumulates ([`StatsState`]) and writes
+//! counts what passes through it per epoch ([`tally`]), and worker 0 accumulates ([`StatsState`]) and writes
 //! `stats.json` after each epoch. "Work" counts the updates a step processed in an epoch,
 //! which shows that a refresh processed only its delta.
 
@@ -11,8 +11,11 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use thoughtflow_operators::record::{Domain, Epoch, Reason, SourceId};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
 
 /// What a count is of.
 #[derive(
@@ -60,38 +63,90 @@ impl StatKey {
     }
 }
 
-/// Pre-aggregates a collection into counts: `key(d)` is counted with `d`'s diff (or with 1 per
-/// update when `work` is set). One output update per key, time and batch.
-pub fn tally<'s, D, F>(
-    input: VecCollection<'s, Epoch, D>,
+/// One count that [`tally`] keeps of a collection.
+pub struct Count<D> {
+    /// Count 1 per update instead of the update's diff.
     work: bool,
-    key: F,
-) -> VecCollection<'s, Epoch, StatKey>
+    key: Box<dyn Fn(&D) -> Option<StatKey>>,
+}
+
+/// Counts `key(d)` with `d`'s diff: the size of a live collection, exact under retraction.
+pub fn live<D, F: Fn(&D) -> Option<StatKey> + 'static>(key: F) -> Count<D> {
+    Count {
+        work: false,
+        key: Box::new(key),
+    }
+}
+
+/// Counts `key(d)` once per update (insert or retract): the work a step did.
+pub fn work<D, F: Fn(&D) -> Option<StatKey> + 'static>(key: F) -> Count<D> {
+    Count {
+        work: true,
+        key: Box::new(key),
+    }
+}
+
+/// Passes `input` through unchanged and counts it. The input's batches are moved to the
+/// output, never copied, so counting costs no memory per record; the counts are kept per
+/// epoch and sent once the input has passed that epoch, one update per key and epoch.
+///
+/// (Counting with a second consumer of the stream would make timely copy every batch for it,
+/// and sending counts per batch would queue a buffer per batch at the stats worker: at the
+/// paper's scale, both together were half of the peak memory.)
+pub fn tally<'s, D>(
+    input: VecCollection<'s, Epoch, D>,
+    counts: Vec<Count<D>>,
+) -> (
+    VecCollection<'s, Epoch, D>,
+    VecCollection<'s, Epoch, StatKey>,
+)
 where
     D: Clone + 'static,
-    F: Fn(&D) -> Option<StatKey> + 'static,
 {
-    input
-        .inner
-        .unary(Pipeline, "Tally", move |_, _| {
-            let mut agg: HashMap<(StatKey, Epoch), isize> = HashMap::new();
-            move |input, output| {
-                input.for_each(|cap, data| {
-                    for (d, t, r) in data.drain(..) {
-                        if let Some(k) = key(&d) {
-                            *agg.entry((k, t)).or_insert(0) += if work { 1 } else { r };
+    let mut builder = OperatorBuilder::new("Tally".to_owned(), input.inner.scope());
+    let mut data_in = builder.new_input(input.inner, Pipeline);
+    let (data_out, data) = builder.new_output::<Vec<(D, Epoch, isize)>>();
+    let (counts_out, tallies) = builder.new_output::<Vec<(StatKey, Epoch, isize)>>();
+    let mut data_out =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<(D, Epoch, isize)>>>::from(data_out);
+    let mut counts_out =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<(StatKey, Epoch, isize)>>>::from(
+            counts_out,
+        );
+    builder.build(move |_initial| {
+        let mut pending: BTreeMap<Epoch, (Capability<Epoch>, HashMap<StatKey, isize>)> =
+            BTreeMap::new();
+        move |frontiers| {
+            let mut data_session = data_out.activate();
+            data_in.for_each(|cap, batch| {
+                for (d, t, r) in batch.iter() {
+                    for c in &counts {
+                        if let Some(k) = (c.key)(d) {
+                            let slot = pending
+                                .entry(*t)
+                                .or_insert_with(|| (cap.delayed(t, 1), HashMap::new()));
+                            *slot.1.entry(k).or_insert(0) += if c.work { 1 } else { *r };
                         }
                     }
-                    let mut session = output.session(&cap);
-                    for ((k, t), r) in agg.drain() {
-                        if r != 0 {
-                            session.give((k, t, r));
-                        }
+                }
+                data_session.session(&cap).give_container(batch);
+            });
+            let mut counts_session = counts_out.activate();
+            while let Some((&t, _)) = pending.first_key_value() {
+                if frontiers[0].less_equal(&t) {
+                    break;
+                }
+                let (_, (cap, counted)) = pending.pop_first().expect("just peeked");
+                let mut session = counts_session.session(&cap);
+                for (k, r) in counted {
+                    if r != 0 {
+                        session.give((k, t, r));
                     }
-                });
+                }
             }
-        })
-        .as_collection()
+        }
+    });
+    (data.as_collection(), tallies.as_collection())
 }
 
 /// Accumulated counts (worker 0).

@@ -63,11 +63,14 @@ impl StatKey {
     }
 }
 
+/// What a [`Count`] counts a record under, if anything.
+type KeyOf<D> = Box<dyn Fn(&D) -> Option<StatKey>>;
+
 /// One count that [`tally`] keeps of a collection.
 pub struct Count<D> {
     /// Count 1 per update instead of the update's diff.
     work: bool,
-    key: Box<dyn Fn(&D) -> Option<StatKey>>,
+    key: KeyOf<D>,
 }
 
 /// Counts `key(d)` with `d`'s diff: the size of a live collection, exact under retraction.

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use thoughtflow::llm::cache::Cache;
 
+// `--features system-alloc` keeps the system allocator, for heap profilers (heaptrack) that
+// see only malloc.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use thoughtflow::llm::service::Budget;

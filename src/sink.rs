@@ -55,8 +55,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thoughtflow_operators::hash;
 use thoughtflow_operators::record::{
-    AnswerText, ContentHash, Detail, Epoch, Match, QuestionId, Rejection, Row, RowKey, StepId,
-    Subject,
+    AnswerText, ContentHash, Detail, Domain, Epoch, Match, QuestionId, Rejection, Row, RowKey,
+    SourceId, StepId, Subject,
 };
 
 /// One published row change, for the changelog topic: `value` is `None` for a delete.
@@ -442,8 +442,9 @@ pub struct DatasetChanges {
     pub report_changes: bool,
     /// What to write to `changes/`.
     pub log: crate::recipe::ChangeLog,
-    /// partition -> row key -> row
-    shards: BTreeMap<u32, BTreeMap<RowKey, Row>>,
+    /// partition -> row key -> what the change log needs of the row (not the row: at the
+    /// paper's scale, 1.2M rows, whole rows here and in the epoch's bookkeeping took 1.4 GB)
+    shards: BTreeMap<u32, BTreeMap<RowKey, RowMeta>>,
     /// Whether the run's first epoch has been handled.
     started: bool,
 }
@@ -465,6 +466,36 @@ fn row_digest(row: &Row) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&bincode::serialize(row).expect("rows serialize"))
 }
 
+/// What the change log keeps of a published row: whether it changed (its digest), what it
+/// counts under, and what names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RowMeta {
+    digest: u64,
+    source: SourceId,
+    domain: Domain,
+    has_teacher: bool,
+}
+
+impl RowMeta {
+    fn of(row: &Row) -> RowMeta {
+        RowMeta {
+            digest: row_digest(row),
+            source: row.question.source,
+            domain: row.question.domain,
+            has_teacher: !matches!(row.answer.text, AnswerText::None),
+        }
+    }
+}
+
+impl Naming {
+    /// A kept row's id (as [`Naming::render_row_id`] names the row).
+    fn meta_row_id(&self, key: &RowKey, meta: &RowMeta) -> String {
+        let source = self.store.source_name(meta.source);
+        let id = self.store.question_name(key.question);
+        self.row_id(key, &source, &id, meta.has_teacher)
+    }
+}
+
 impl DatasetChanges {
     fn state_file(&self, part: u32) -> PathBuf {
         self.dirs.rows_state().join(format!("part-{part:05}.bin"))
@@ -481,7 +512,7 @@ impl DatasetChanges {
                 parts,
                 rows: rows
                     .iter()
-                    .map(|(k, r)| (*k, row_digest(r), self.naming.render_row_id(r)))
+                    .map(|(k, m)| (*k, m.digest, self.naming.meta_row_id(k, m)))
                     .collect(),
             };
             write_atomic(
@@ -530,44 +561,44 @@ impl DatasetChanges {
         &mut self,
         epoch: Epoch,
         shard_count: u32,
-        updates: Vec<((RowKey, Row), isize)>,
+        mut net: Vec<((RowKey, Row), isize)>,
         events: &mut Vec<(SinkEvent, isize)>,
     ) -> std::io::Result<()> {
         let mut stats: Vec<(StatKey, isize)> = Vec::new();
-        let mut net: BTreeMap<(RowKey, Row), isize> = BTreeMap::new();
-        for (kr, d) in updates {
-            *net.entry(kr).or_insert(0) += d;
-        }
-        net.retain(|_, d| *d != 0);
+        // Consolidated in place (sorted by row key), not copied.
+        differential_dataflow::consolidation::consolidate(&mut net);
         // The value of every touched key before this epoch, and its question's presence.
-        let mut before: BTreeMap<RowKey, Option<Row>> = BTreeMap::new();
+        let mut before: BTreeMap<RowKey, Option<RowMeta>> = BTreeMap::new();
         let mut questions_before: BTreeMap<QuestionId, bool> = BTreeMap::new();
-        for (key, _) in net.keys() {
+        for ((key, _), _) in &net {
             let rows = self
                 .shards
                 .entry(change_part_of(key.question, shard_count))
                 .or_default();
-            before.entry(*key).or_insert_with(|| rows.get(key).cloned());
+            before.entry(*key).or_insert_with(|| rows.get(key).copied());
             questions_before
                 .entry(key.question)
                 .or_insert_with(|| has_question(rows, key.question));
         }
         // Retractions first, then insertions.
-        for ((key, row), _) in net.iter().filter(|(_, d)| **d < 0) {
+        for ((key, row), _) in net.iter().filter(|(_, d)| *d < 0) {
             let rows = self
                 .shards
                 .get_mut(&change_part_of(key.question, shard_count))
                 .expect("shard");
-            if rows.get(key) == Some(row) {
+            if rows.get(key).map(|m| m.digest) == Some(row_digest(row)) {
                 rows.remove(key);
             }
         }
-        for ((key, row), _) in net.iter().filter(|(_, d)| **d > 0) {
+        // The rows this epoch inserts, by key (for rendering them).
+        let mut inserted: BTreeMap<RowKey, &Row> = BTreeMap::new();
+        for ((key, row), _) in net.iter().filter(|(_, d)| *d > 0) {
             let rows = self
                 .shards
                 .get_mut(&change_part_of(key.question, shard_count))
                 .expect("shard");
-            rows.insert(*key, row.clone());
+            rows.insert(*key, RowMeta::of(row));
+            inserted.insert(*key, row);
         }
         // A restart's first epoch: the rows the previous run published, per owned partition
         // (not with a changelog topic, which reconciles with the topic's content instead).
@@ -596,28 +627,28 @@ impl DatasetChanges {
                 continue;
             }
             if let Some(o) = old {
-                stats.push((StatKey::Rows(o.question.source, o.question.domain), -1));
+                stats.push((StatKey::Rows(o.source, o.domain), -1));
             }
             let published = previous
                 .get_mut(&shard)
                 .and_then(|p| p.remove(key))
                 .map(|(d, _)| d);
             if let (Some(n), Some(d)) = (new, published) {
-                if row_digest(n) == d {
+                if n.digest == d {
                     // Published as it is by the previous run: nothing to log.
-                    stats.push((StatKey::Rows(n.question.source, n.question.domain), 1));
+                    stats.push((StatKey::Rows(n.source, n.domain), 1));
                     continue;
                 }
             }
             let change = match new {
                 Some(n) => {
-                    stats.push((StatKey::Rows(n.question.source, n.question.domain), 1));
+                    stats.push((StatKey::Rows(n.source, n.domain), 1));
                     stats.push((StatKey::ChangeUpserts, 1));
                     if !write && !self.report_changes {
                         // Counted, not logged: nothing to render.
                         continue;
                     }
-                    let row = self.naming.render_row(n);
+                    let row = self.naming.render_row(inserted[key]);
                     if self.report_changes {
                         events.push((
                             SinkEvent::Change(Change {
@@ -632,7 +663,7 @@ impl DatasetChanges {
                 None => {
                     let o = old.as_ref().expect("changed");
                     stats.push((StatKey::ChangeDeletes, 1));
-                    let row_id = self.naming.render_row_id(o);
+                    let row_id = self.naming.meta_row_id(key, o);
                     if self.report_changes {
                         events.push((
                             SinkEvent::Change(Change {
@@ -668,7 +699,7 @@ impl DatasetChanges {
     }
 }
 
-fn has_question(rows: &BTreeMap<RowKey, Row>, q: QuestionId) -> bool {
+fn has_question(rows: &BTreeMap<RowKey, RowMeta>, q: QuestionId) -> bool {
     let start = RowKey {
         question: q,
         ..RowKey::default()

@@ -5,7 +5,7 @@
 //!                                             +--> [n-gram matcher] --> matches (Match)
 //!  benchmark items --------------broadcast----+           |
 //!                                                         v
-//!  questions --antijoin(matched qids)--> passed      questions --join(first match)--> rejected
+//!  questions --arrange--join(first match)--> rejected; questions minus those --> passed
 //! ```
 //!
 //! **What it computes.** For the accumulated questions Q and benchmark items B, the set of
@@ -809,18 +809,22 @@ pub fn apply_matches<'s>(
     let first = matches
         .map(|m| (m.question, (m.bench, m.item)))
         .reduce(|_qid, input, output| output.push((input[0].0.clone(), 1)));
-    let rejected = questions
+    // The contaminated questions with their verdict: `first` has one value per question, so
+    // this is a semijoin, and the questions that pass are all the others. One arrangement of
+    // the questions (a join and an antijoin would arrange them twice).
+    let hits = questions
         .clone()
-        .join_map(first.clone(), move |qid, _q, (bench, item)| Rejection {
-            subject: Subject::Question(*qid),
-            step,
-            reason: Reason::Contaminated,
-            detail: Detail::Contamination {
-                bench: bench.clone(),
-                item: item.clone(),
-            },
+        .arrange_by_key()
+        .join_core(first.arrange_by_key(), |qid, q, verdict| {
+            Some((*qid, q.clone(), verdict.clone()))
         });
-    let passed = questions.antijoin(first.map(|(qid, _)| qid).distinct());
+    let rejected = hits.clone().map(move |(qid, _q, (bench, item))| Rejection {
+        subject: Subject::Question(qid),
+        step,
+        reason: Reason::Contaminated,
+        detail: Detail::Contamination { bench, item },
+    });
+    let passed = questions.concat(hits.map(|(qid, q, _)| (qid, q)).negate());
     StepOutput { passed, rejected }
 }
 

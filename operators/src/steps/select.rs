@@ -176,9 +176,10 @@ pub fn select<'s>(
                     }
                 })
                 .map(|(_group, id)| id);
-            let passed = scored.clone().semijoin(selected.clone());
+            let passed = scored.clone().semijoin(selected);
+            // Every other scored question (an antijoin would arrange them all a second time).
             let mut rejected = scored
-                .antijoin(selected)
+                .concat(passed.clone().negate())
                 .map(move |(_, q)| not_selected(step, &q));
             if let Some(unscored) = unscored {
                 rejected = rejected.concat(unscored.map(move |(id, _)| no_score(step, id)));

@@ -446,13 +446,16 @@ pub fn build(
             Some(r) => gate(q_stream, r, "GateQuestions"),
             None => q_stream,
         };
-        let questions = arrange_from_upsert::<
+        let upserts = arrange_from_upsert::<
             ValBuilder<QuestionId, Question, Epoch, isize>,
             ValSpine<QuestionId, Question, Epoch, isize>,
             QuestionId,
             Question,
-        >(q_stream, "QuestionUpserts")
-        .as_collection(|k, v| (*k, v.clone()));
+        >(q_stream, "QuestionUpserts");
+        let questions = upserts.clone().as_collection(|k, v| (*k, v.clone()));
+        // The arrangement of the questions as ingested: the first step, when it takes them all
+        // and needs them arranged by id, reads it instead of arranging its own copy.
+        let mut as_ingested = Some(upserts);
         let (b_handle, benchmarks) = scope.new_collection::<BenchItem, isize>();
         let (r_handle, ingest_rejections) = scope.new_collection::<Rejection, isize>();
         let ingest_rejections = match &ready {
@@ -552,6 +555,7 @@ pub fn build(
             );
             current = counted;
             stats.push(counts);
+            let arranged = as_ingested.take().filter(|_| step.domains.is_none());
             if let StepKind::Fanout { teachers, samples } = &step.kind {
                 let mut all_rows = Vec::new();
                 // Questions of a domain no teacher answers are rejected, not dropped.
@@ -700,7 +704,7 @@ pub fn build(
                         Some(hooks),
                     );
                     matches_all.push(m.clone());
-                    decontam::apply_matches(sid, q, m)
+                    decontam::apply_matches(sid, q, m, arranged)
                 }
                 StepKind::LengthGuard { max_tokens } => length::length_guard(sid, q, *max_tokens),
                 StepKind::Score {

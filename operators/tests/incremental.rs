@@ -251,6 +251,9 @@ struct Decontam {
     texts: Arc<MemTexts>,
     /// Verdicts of an earlier run to reuse, and where this run's go when its inputs end.
     memo: Option<(Arc<DecontamMemo>, Arc<Mutex<Vec<MemoTable>>>)>,
+    /// Hand the verdicts an arrangement of the questions (as the runtime hands the first step
+    /// the ingest's upsert arrangement) instead of letting them arrange their own.
+    arranged: bool,
 }
 impl Build<DIn, Out> for Decontam {
     fn build<'s>(&self, input: VecCollection<'s, Epoch, DIn>) -> VecCollection<'s, Epoch, Out> {
@@ -269,7 +272,8 @@ impl Build<DIn, Out> for Decontam {
             self.texts.clone(),
             memo,
         );
-        let out = decontam::apply_matches(STEP, questions, matches.clone());
+        let arranged = self.arranged.then(|| questions.clone().arrange_by_key());
+        let out = decontam::apply_matches(STEP, questions, matches.clone(), arranged);
         combine(out).concat(matches.map(Out::Match))
     }
 }
@@ -377,18 +381,18 @@ proptest! {
         // A first run saves its verdicts (the memo); then the script is checked without a memo,
         // reusing the memo, and as a restart's replay (the final state in one epoch) reusing it.
         let saved = Arc::new(Mutex::new(Vec::new()));
-        let first = Decontam { cfg: cfg.clone(), texts: store.clone(), memo: Some((Arc::new(DecontamMemo::default()), Arc::clone(&saved))) };
+        let first = Decontam { cfg: cfg.clone(), texts: store.clone(), memo: Some((Arc::new(DecontamMemo::default()), Arc::clone(&saved))), arranged: false };
         let _ = run_script(1, &script, first);
         let mut memo = DecontamMemo::default();
         for t in saved.lock().unwrap().drain(..) { memo.add(t); }
         let memo = Arc::new(memo);
         let last = accumulate_script(&script).pop().unwrap_or_default();
         let replay: Vec<Vec<(DIn, isize)>> = vec![last.into_iter().collect()];
-        for (script, memo) in [(&script, None), (&script, Some(&memo)), (&replay, Some(&memo))] {
+        for (script, memo, arranged) in [(&script, None, false), (&script, None, true), (&script, Some(&memo), false), (&replay, Some(&memo), true)] {
         let inputs = accumulate_script(script);
         for workers in [1, 2] {
             let memo = memo.map(|m| (Arc::clone(m), Arc::new(Mutex::new(Vec::new()))));
-            let outputs = run_script(workers, script, Decontam { cfg: cfg.clone(), texts: store.clone(), memo });
+            let outputs = run_script(workers, script, Decontam { cfg: cfg.clone(), texts: store.clone(), memo, arranged });
             for (epoch, (input, output)) in inputs.iter().zip(&outputs).enumerate() {
                 let qs: Vec<Question> = input.keys().filter_map(|d| match d { DIn::Q(q) => Some(q.clone()), _ => None }).collect();
                 let items: Vec<BenchItem> = input.keys().filter_map(|d| match d { DIn::B(b) => Some(b.clone()), _ => None }).collect();

@@ -798,12 +798,25 @@ impl Matcher {
     }
 }
 
+/// The questions arranged by id (as the ingest's upsert operator holds them).
+pub type ArrangedQuestions<'s> = differential_dataflow::operators::arrange::Arranged<
+    's,
+    differential_dataflow::operators::arrange::TraceAgent<
+        differential_dataflow::trace::implementations::ValSpine<QuestionId, Question, Epoch, isize>,
+    >,
+>;
+
 /// Turns matches into the step's verdicts: contaminated questions are rejected with their
 /// smallest match as detail; the others pass.
+///
+/// `arranged`, when given, must hold exactly `questions` (the ingest's upsert arrangement, when
+/// this is the recipe's first step): the join then reads it instead of arranging every
+/// question once more.
 pub fn apply_matches<'s>(
     step: StepId,
     questions: VecCollection<'s, Epoch, (QuestionId, Question)>,
     matches: VecCollection<'s, Epoch, Match>,
+    arranged: Option<ArrangedQuestions<'s>>,
 ) -> StepOutput<'s> {
     // One verdict per question: its smallest (benchmark, item).
     let first = matches
@@ -812,12 +825,10 @@ pub fn apply_matches<'s>(
     // The contaminated questions with their verdict: `first` has one value per question, so
     // this is a semijoin, and the questions that pass are all the others. One arrangement of
     // the questions (a join and an antijoin would arrange them twice).
-    let hits = questions
-        .clone()
-        .arrange_by_key()
-        .join_core(first.arrange_by_key(), |qid, q, verdict| {
-            Some((*qid, q.clone(), verdict.clone()))
-        });
+    let arranged = arranged.unwrap_or_else(|| questions.clone().arrange_by_key());
+    let hits = arranged.join_core(first.arrange_by_key(), |qid, q, verdict| {
+        Some((*qid, q.clone(), verdict.clone()))
+    });
     let rejected = hits.clone().map(move |(qid, _q, (bench, item))| Rejection {
         subject: Subject::Question(qid),
         step,

@@ -886,21 +886,18 @@ impl DatasetFiles {
     pub fn epoch(
         &mut self,
         epoch: Epoch,
-        updates: Vec<((RowKey, Row), isize)>,
+        mut net: Vec<((RowKey, Row), isize)>,
         stats: &mut Vec<(StatKey, isize)>,
     ) -> std::io::Result<()> {
-        let mut net: BTreeMap<(RowKey, Row), isize> = BTreeMap::new();
-        for (kr, d) in updates {
-            *net.entry(kr).or_insert(0) += d;
-        }
-        net.retain(|_, d| *d != 0);
+        // Consolidated in place (sorted by row key), not copied.
+        differential_dataflow::consolidation::consolidate(&mut net);
         let mut dirty: BTreeSet<u32> = BTreeSet::new();
         if !self.started {
             dirty.extend(self.shards.keys().copied());
         }
         // Retractions first, then insertions (a row whose question's text changed may move
         // to another shard).
-        for ((key, row), _) in net.iter().filter(|(_, d)| **d < 0) {
+        for ((key, row), _) in net.iter().filter(|(_, d)| *d < 0) {
             let shard = shard_of(row.question.hash, self.shard_count);
             let rows = self.shards.entry(shard).or_default();
             if rows.get(key) == Some(row) {
@@ -908,12 +905,10 @@ impl DatasetFiles {
                 dirty.insert(shard);
             }
         }
-        for ((key, row), _) in net.iter().filter(|(_, d)| **d > 0) {
+        // The inserted rows move into the shards (no copy).
+        for ((key, row), _) in net.into_iter().filter(|(_, d)| *d > 0) {
             let shard = shard_of(row.question.hash, self.shard_count);
-            self.shards
-                .entry(shard)
-                .or_default()
-                .insert(*key, row.clone());
+            self.shards.entry(shard).or_default().insert(key, row);
             dirty.insert(shard);
         }
         for shard in dirty {

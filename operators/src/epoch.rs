@@ -77,28 +77,10 @@ fn stash_batch<D, X>(
 ///
 /// `left_pact` and `right_pact` decide where updates go (exchange by key, or `Pipeline` for a
 /// stream that was broadcast beforehand). `logic` owns the step's state.
-pub fn epoch_binary<'s, D1, D2, O, P1, P2, L>(
-    left: VecCollection<'s, Epoch, D1>,
-    right: VecCollection<'s, Epoch, D2>,
-    left_pact: P1,
-    right_pact: P2,
-    name: &str,
-    logic: L,
-) -> VecCollection<'s, Epoch, O>
-where
-    D1: Clone + 'static,
-    D2: Clone + 'static,
-    O: Clone + 'static,
-    P1: ParallelizationContract<Epoch, Vec<(D1, Epoch, isize)>>,
-    P2: ParallelizationContract<Epoch, Vec<(D2, Epoch, isize)>>,
-    L: FnMut(Epoch, Updates<D1>, Updates<D2>, &mut Vec<(O, isize)>) + 'static,
-{
-    epoch_binary_then(left, right, left_pact, right_pact, name, logic, || {})
-}
-
-/// Like [`epoch_binary`], and calls `at_end` once, after the last epoch, when both inputs have
-/// ended (their frontiers are empty: the run stops cleanly). A step saves what it wants to
-/// keep for the next run there.
+///
+/// `at_end` is called once, after the last epoch, when both inputs have ended (their
+/// frontiers are empty: the run stops cleanly). A step saves what it wants to keep for the
+/// next run there.
 pub fn epoch_binary_then<'s, D1, D2, O, P1, P2, L, E>(
     left: VecCollection<'s, Epoch, D1>,
     right: VecCollection<'s, Epoch, D2>,

@@ -1,7 +1,7 @@
 //! The records that flow through thoughtflow's dataflows.
 //!
 //! Dataflow records carry ids, hashes, scores and lengths only; question and answer texts live in
-//! a content-addressed [`TextStore`](crate::text::TextStore) keyed by [`TextRef`] and are joined
+//! a content-addressed store ([`TextLookup`](crate::text::TextLookup)) keyed by [`TextRef`] and are joined
 //! in by the sink (DESIGN.md decision 3). The exceptions are small, rare collections (benchmark
 //! items, contamination matches, rejections of unparsable input), which carry their strings.
 //!

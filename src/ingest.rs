@@ -245,8 +245,82 @@ pub struct SourceDelta {
 struct FileState {
     fingerprint: Fingerprint,
     content: u128,
-    ids: HashSet<QuestionId>,
+    /// The ids the file holds, sorted.
+    ids: Vec<QuestionId>,
     rejections: Vec<Rejection>,
+}
+
+/// What a file parsed into: its questions in file order (the last record of an id wins), their
+/// external ids, and its rejections.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub struct ParsedFile {
+    pub questions: Vec<Question>,
+    /// The questions' external ids, side by side; `ends[i]` is where question `i`'s ends.
+    pub names: String,
+    pub ends: Vec<u32>,
+    pub rejections: Vec<Rejection>,
+}
+
+impl ParsedFile {
+    fn name(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.names[start..self.ends[i] as usize]
+    }
+}
+
+/// Version of the parse cache's key and format: bump it when parsing changes.
+const PARSE_CACHE_VERSION: u32 = 1;
+
+/// Parses kept across runs (`OUT/.store/parsed`), one bincode [`ParsedFile`] per file read,
+/// named by a hash of the parse cache version, the source's settings, the file's path and
+/// its content. A restart's replay of an unchanged file loads its parse instead of parsing,
+/// normalizing and hashing every record again: at the paper's scale that was 40% of a replay.
+/// A parse is used only if every text it refers to is in the store (the store outlives runs,
+/// see [`crate::store::DiskTexts`]); otherwise the file is parsed again. Not used in a
+/// cluster, whose processes learn each other's texts only from what ingest journals.
+pub struct ParseCache {
+    dir: PathBuf,
+}
+
+impl ParseCache {
+    pub fn new(dir: PathBuf) -> ParseCache {
+        ParseCache { dir }
+    }
+
+    fn path(&self, spec: &SourceSpec, file: &Path, content: u128) -> PathBuf {
+        let key = format!(
+            "{PARSE_CACHE_VERSION}\n{spec:?}\n{}\n{content:032x}",
+            file.display()
+        );
+        self.dir
+            .join(format!("{:032x}.bin", hash::hash128(key.as_bytes())))
+    }
+
+    fn load(&self, path: &Path, store: &Store) -> Option<ParsedFile> {
+        let bytes = std::fs::read(path).ok()?;
+        let parsed: ParsedFile = bincode::deserialize(&bytes)
+            .map_err(|e| tracing::warn!(file = %path.display(), "ignoring an unreadable parse cache entry: {e}"))
+            .ok()?;
+        let complete = parsed.ends.len() == parsed.questions.len()
+            && parsed
+                .ends
+                .last()
+                .is_none_or(|e| *e as usize == parsed.names.len())
+            && parsed.questions.iter().all(|q| store.has_text(q.text));
+        complete.then_some(parsed)
+    }
+
+    fn save(&self, path: &Path, parsed: &ParsedFile, store: &Store) {
+        // The texts first: a parse is only of use with its texts in the store.
+        let saved = store
+            .flush_texts()
+            .and_then(|_| std::fs::create_dir_all(&self.dir))
+            .and_then(|_| bincode::serialize(parsed).map_err(std::io::Error::other))
+            .and_then(|bytes| crate::sink::write_atomic(path, &bytes));
+        if let Err(e) = saved {
+            tracing::warn!(file = %path.display(), "could not save a parse cache entry: {e}");
+        }
+    }
 }
 
 /// Tracks the files of one question source that this worker owns.
@@ -254,16 +328,21 @@ pub struct FileTracker {
     pub spec: SourceSpec,
     pub source: SourceId,
     files: BTreeMap<PathBuf, FileState>,
+    cache: Option<ParseCache>,
+    /// Files whose parse came from the cache, since the tracker was made.
+    pub cache_hits: usize,
 }
 
 impl FileTracker {
-    pub fn new(spec: SourceSpec, store: &Store) -> Self {
+    pub fn new(spec: SourceSpec, store: &Store, cache: Option<ParseCache>) -> Self {
         let source = hash::source_id(&spec.name);
         store.register_source(source, &spec.name);
         FileTracker {
             spec,
             source,
             files: BTreeMap::new(),
+            cache,
+            cache_hits: 0,
         }
     }
 
@@ -288,6 +367,7 @@ impl FileTracker {
             .collect();
         for path in gone {
             let state = self.files.remove(&path).expect("listed");
+            self.forget_parse(&path, state.content);
             delta
                 .upserts
                 .extend(state.ids.into_iter().map(|id| (id, None)));
@@ -314,45 +394,74 @@ impl FileTracker {
             }
             delta.files_read += 1;
             delta.bytes_read += bytes.len() as u64;
-            let (ids, rejections, upserts) = self.read_file(&path, &bytes, store);
+            let cached = self
+                .cache
+                .as_ref()
+                .map(|c| c.path(&self.spec, &path, content));
+            let loaded = cached
+                .as_ref()
+                .zip(self.cache.as_ref())
+                .and_then(|(at, c)| c.load(at, store));
+            let parsed = match loaded {
+                Some(parsed) => {
+                    self.cache_hits += 1;
+                    for (i, q) in parsed.questions.iter().enumerate() {
+                        store.put_name(q.id, self.source, parsed.name(i));
+                    }
+                    parsed
+                }
+                None => {
+                    let parsed = self.read_file(&path, &bytes, store);
+                    if let (Some(at), Some(c)) = (&cached, &self.cache) {
+                        c.save(at, &parsed, store);
+                    }
+                    parsed
+                }
+            };
+            drop(bytes);
+            let mut ids: Vec<QuestionId> = parsed.questions.iter().map(|q| q.id).collect();
+            ids.sort_unstable();
             if let Some(old) = self.files.remove(&path) {
-                delta
-                    .upserts
-                    .extend(old.ids.difference(&ids).map(|id| (*id, None)));
+                self.forget_parse(&path, old.content);
+                delta.upserts.extend(
+                    old.ids
+                        .iter()
+                        .filter(|id| ids.binary_search(id).is_err())
+                        .map(|id| (*id, None)),
+                );
                 delta
                     .rejections
                     .extend(old.rejections.into_iter().map(|r| (r, -1)));
             }
-            delta.upserts.extend(upserts);
+            delta
+                .upserts
+                .extend(parsed.questions.into_iter().map(|q| (q.id, Some(q))));
             delta
                 .rejections
-                .extend(rejections.iter().cloned().map(|r| (r, 1)));
+                .extend(parsed.rejections.iter().cloned().map(|r| (r, 1)));
             self.files.insert(
                 path,
                 FileState {
                     fingerprint: fp,
                     content,
                     ids,
-                    rejections,
+                    rejections: parsed.rejections,
                 },
             );
         }
         delta
     }
 
-    #[allow(clippy::type_complexity)]
-    fn read_file(
-        &self,
-        path: &Path,
-        bytes: &[u8],
-        store: &Store,
-    ) -> (
-        HashSet<QuestionId>,
-        Vec<Rejection>,
-        Vec<(QuestionId, Option<Question>)>,
-    ) {
+    /// Removes the cached parse of a file's earlier content (rewritten or deleted).
+    fn forget_parse(&self, path: &Path, content: u128) {
+        if let Some(c) = &self.cache {
+            let _ = std::fs::remove_file(c.path(&self.spec, path, content));
+        }
+    }
+
+    fn read_file(&self, path: &Path, bytes: &[u8], store: &Store) -> ParsedFile {
         // The last record of an id in a file wins.
-        let mut latest: HashMap<QuestionId, Question> = HashMap::new();
+        let mut latest: HashMap<QuestionId, (Question, String)> = HashMap::new();
         let mut order = Vec::new();
         let mut rejections = Vec::new();
         for (line, record) in lines(bytes) {
@@ -364,7 +473,7 @@ impl FileTracker {
             match parse_question(origin, record, None, store) {
                 Ok(p) => {
                     let id = p.question.id;
-                    if latest.insert(id, p.question).is_none() {
+                    if latest.insert(id, (p.question, p.ext_id)).is_none() {
                         order.push(id);
                     }
                 }
@@ -379,15 +488,21 @@ impl FileTracker {
                 }),
             }
         }
-        let ids: HashSet<QuestionId> = order.iter().copied().collect();
-        let upserts = order
-            .into_iter()
-            .map(|id| {
-                let q = latest.remove(&id).expect("recorded");
-                (id, Some(q))
-            })
-            .collect();
-        (ids, rejections, upserts)
+        let mut parsed = ParsedFile {
+            questions: Vec::with_capacity(order.len()),
+            ends: Vec::with_capacity(order.len()),
+            rejections,
+            ..ParsedFile::default()
+        };
+        for id in order {
+            let (q, name) = latest.remove(&id).expect("recorded");
+            parsed.questions.push(q);
+            parsed.names.push_str(&name);
+            parsed.ends.push(
+                u32::try_from(parsed.names.len()).expect("a file's external ids under 4 GiB"),
+            );
+        }
+        parsed
     }
 }
 

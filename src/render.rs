@@ -1,7 +1,7 @@
 //! Rendering: a validated recipe becomes one timely worker's dataflow.
 //!
 //! ```text
-//!  question upserts --arrange_from_upsert(qid)--> questions
+//!  question upserts --arrange_upserts(qid)--> questions
 //!      step 0 .. step k (each: passed + rejected, scoped to its domains)
 //!      fanout (teachers x samples) --> rows --> row steps --> DatasetShards sink
 //!  benchmark items ----------------------------------> decontaminate steps
@@ -23,8 +23,6 @@ use crate::sink::{AuditTable, DatasetChanges, DatasetFiles, Naming, OutDirs, Sin
 use crate::stats::{live, tally, work, StatKey, StatsState};
 use crate::store::{Store, StoreDelta};
 use differential_dataflow::input::{Input, InputSession};
-use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
 use std::cell::RefCell;
@@ -40,6 +38,7 @@ use thoughtflow_operators::steps::select::{GroupBy, GroupKey, GroupSizes, Select
 use thoughtflow_operators::steps::{
     answer_dedup, decontam, dedup, length, scoped, score, select, StepOutput,
 };
+use thoughtflow_operators::upsert::arrange_upserts;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
@@ -446,12 +445,7 @@ pub fn build(
             Some(r) => gate(q_stream, r, "GateQuestions"),
             None => q_stream,
         };
-        let upserts = arrange_from_upsert::<
-            ValBuilder<QuestionId, Question, Epoch, isize>,
-            ValSpine<QuestionId, Question, Epoch, isize>,
-            QuestionId,
-            Question,
-        >(q_stream, "QuestionUpserts");
+        let upserts = arrange_upserts(q_stream, "QuestionUpserts");
         let questions = upserts.clone().as_collection(|k, v| (*k, v.clone()));
         // The arrangement of the questions as ingested: the first step, when it takes them all
         // and needs them arranged by id, reads it instead of arranging its own copy.

@@ -7,7 +7,7 @@
 //! `--follow` a run is one epoch (everything present at start); with it, the loop polls again
 //! after `--poll-ms` until it is asked to stop (Ctrl-C / SIGTERM), finishing the epoch in hand.
 
-use crate::ingest::{BenchmarkTracker, FileTracker};
+use crate::ingest::{BenchmarkTracker, FileTracker, ParseCache};
 use crate::kafka::KafkaSettings;
 use crate::llm::cache::Cache;
 use crate::llm::prompts::parse_difficulty;
@@ -310,7 +310,15 @@ fn drive(
     let mut sources: Vec<FileTracker> = recipe
         .sources
         .iter()
-        .map(|s| FileTracker::new(s.clone(), store))
+        .map(|s| {
+            // In a cluster, a process must journal the texts it reads for the others: no
+            // parse cache there (see `ParseCache`).
+            let cache = store
+                .cluster_threads()
+                .is_none()
+                .then(|| ParseCache::new(dirs.root.join(".store").join("parsed")));
+            FileTracker::new(s.clone(), store, cache)
+        })
         .collect();
     let mut benchmarks: Vec<BenchmarkTracker> = recipe
         .benchmarks

@@ -119,19 +119,42 @@ where
     builder.build(move |_initial| {
         let mut pending: BTreeMap<Epoch, (Capability<Epoch>, HashMap<StatKey, isize>)> =
             BTreeMap::new();
+        // A batch's counts, gathered before they go into `pending`: a batch holds a few
+        // distinct keys, mostly in runs, so a short list searched from its end beats a map
+        // lookup per record.
+        let mut local: Vec<(Epoch, StatKey, isize)> = Vec::new();
         move |frontiers| {
             let mut data_session = data_out.activate();
             data_in.for_each(|cap, batch| {
+                let mut flush = |local: &mut Vec<(Epoch, StatKey, isize)>| {
+                    for (t, k, n) in local.drain(..) {
+                        let slot = pending
+                            .entry(t)
+                            .or_insert_with(|| (cap.delayed(&t, 1), HashMap::new()));
+                        *slot.1.entry(k).or_insert(0) += n;
+                    }
+                };
                 for (d, t, r) in batch.iter() {
                     for c in &counts {
                         if let Some(k) = (c.key)(d) {
-                            let slot = pending
-                                .entry(*t)
-                                .or_insert_with(|| (cap.delayed(t, 1), HashMap::new()));
-                            *slot.1.entry(k).or_insert(0) += if c.work { 1 } else { *r };
+                            let n = if c.work { 1 } else { *r };
+                            match local
+                                .iter_mut()
+                                .rev()
+                                .find(|(lt, lk, _)| lt == t && *lk == k)
+                            {
+                                Some(slot) => slot.2 += n,
+                                None => {
+                                    if local.len() == 32 {
+                                        flush(&mut local);
+                                    }
+                                    local.push((*t, k, n));
+                                }
+                            }
                         }
                     }
                 }
+                flush(&mut local);
                 data_session.session(&cap).give_container(batch);
             });
             let mut counts_session = counts_out.activate();

@@ -36,35 +36,94 @@ thread_local! {
 /// Texts on disk: one append-only file of `[key: 16 bytes][length: u32][UTF-8 bytes]` records,
 /// and an in-memory index from key to (offset, length), about 40 bytes per text instead of the
 /// text itself. Reads are positioned reads (`pread`), served by the page cache when hot.
-/// The file is scratch space for one run: a restart replays its inputs and writes it anew.
+///
+/// The store outlives a run: beside the texts, `texts-P.idx` keeps the index as fixed-size
+/// `[key: 16][offset: u64][length: u32]` entries, appended after their texts. Opening the store
+/// loads the index instead of reading the texts, so a restart's replay finds every text it
+/// put before and writes none of them again. An entry whose text is not wholly in the file (a
+/// crash between the two appends) is dropped with everything after it, and both files are cut
+/// back to what the kept entries cover.
 pub struct DiskTexts {
     index: Vec<RwLock<thoughtflow_operators::hash::FastMap<TextRef, (u64, u32)>>>,
-    writer: Mutex<(std::io::BufWriter<std::fs::File>, u64)>,
+    writer: Mutex<TextWriter>,
     /// Bytes of the file known to be written through to the OS (readable with `pread`).
     flushed: AtomicU64,
     reader: std::fs::File,
 }
 
+/// The appending side of a [`DiskTexts`].
+struct TextWriter {
+    data: std::io::BufWriter<std::fs::File>,
+    /// Length of the texts file, counting what is still buffered.
+    len: u64,
+    index: std::io::BufWriter<std::fs::File>,
+}
+
+/// Bytes of one index entry.
+const INDEX_ENTRY: usize = 16 + 8 + 4;
+
 impl DiskTexts {
-    /// Creates (or truncates) the store file at `path`.
-    pub fn create(path: &Path) -> std::io::Result<DiskTexts> {
+    /// Opens the store file at `path` (created when absent) and its index beside it.
+    pub fn open(path: &Path) -> std::io::Result<DiskTexts> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new()
+        let data = std::fs::OpenOptions::new()
             .create(true)
-            .truncate(true)
-            .write(true)
+            .truncate(false)
             .read(true)
+            .write(true)
             .open(path)?;
-        let reader = file.try_clone()?;
+        let index_path = path.with_extension("idx");
+        let mut index_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&index_path)?;
+        let data_len = data.metadata()?.len();
+        let mut entries = Vec::new();
+        std::io::Read::read_to_end(&mut index_file, &mut entries)?;
+        let mut index: Vec<RwLock<thoughtflow_operators::hash::FastMap<TextRef, (u64, u32)>>> = (0
+            ..SHARDS)
+            .map(|_| RwLock::new(Default::default()))
+            .collect();
+        // Entries are appended in file order: the kept ones are a prefix.
+        let mut kept = 0usize;
+        let mut end = 0u64;
+        for entry in entries.chunks_exact(INDEX_ENTRY) {
+            let key = TextRef(u128::from_le_bytes(entry[..16].try_into().expect("16")));
+            let at = u64::from_le_bytes(entry[16..24].try_into().expect("8"));
+            let len = u32::from_le_bytes(entry[24..].try_into().expect("4"));
+            if at < 20 || at + len as u64 > data_len {
+                break;
+            }
+            index[(key.0 as usize) % SHARDS]
+                .get_mut()
+                .expect("text index lock")
+                .insert(key, (at, len));
+            kept += 1;
+            end = end.max(at + len as u64);
+        }
+        data.set_len(end)?;
+        index_file.set_len((kept * INDEX_ENTRY) as u64)?;
+        let append = |file: &std::fs::File, at: u64| -> std::io::Result<std::fs::File> {
+            let mut f = file.try_clone()?;
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(at))?;
+            Ok(f)
+        };
         Ok(DiskTexts {
-            index: (0..SHARDS)
-                .map(|_| RwLock::new(Default::default()))
-                .collect(),
-            writer: Mutex::new((std::io::BufWriter::with_capacity(1 << 20, file), 0)),
-            flushed: AtomicU64::new(0),
-            reader,
+            index,
+            writer: Mutex::new(TextWriter {
+                data: std::io::BufWriter::with_capacity(1 << 20, append(&data, end)?),
+                len: end,
+                index: std::io::BufWriter::with_capacity(
+                    1 << 16,
+                    append(&index_file, (kept * INDEX_ENTRY) as u64)?,
+                ),
+            }),
+            flushed: AtomicU64::new(end),
+            reader: data,
         })
     }
 
@@ -93,35 +152,49 @@ impl DiskTexts {
         if shard.contains_key(&key) {
             return;
         }
-        let (out, len) = &mut *w;
-        let at = *len + 20;
-        let write = out
+        let w = &mut *w;
+        let at = w.len + 20;
+        let mut entry = [0u8; INDEX_ENTRY];
+        entry[..16].copy_from_slice(&key.0.to_le_bytes());
+        entry[16..24].copy_from_slice(&at.to_le_bytes());
+        entry[24..].copy_from_slice(&(text.len() as u32).to_le_bytes());
+        let write = w
+            .data
             .write_all(&key.0.to_le_bytes())
-            .and_then(|_| out.write_all(&(text.len() as u32).to_le_bytes()))
-            .and_then(|_| out.write_all(text.as_bytes()));
+            .and_then(|_| w.data.write_all(&(text.len() as u32).to_le_bytes()))
+            .and_then(|_| w.data.write_all(text.as_bytes()))
+            .and_then(|_| w.index.write_all(&entry));
         if let Err(e) = write {
             panic!("writing the text store: {e}");
         }
-        *len += 20 + text.len() as u64;
+        w.len += 20 + text.len() as u64;
         shard.insert(key, (at, text.len() as u32));
+    }
+
+    /// Writes what is buffered through to the OS: the texts, then their index entries.
+    pub fn flush(&self) -> std::io::Result<()> {
+        let mut w = self.writer.lock().expect("text writer lock");
+        w.data.flush()?;
+        self.flushed.store(w.len, Ordering::Release);
+        w.index.flush()
     }
 
     fn read(&self, at: u64, len: u32) -> Option<Arc<str>> {
         if at + len as u64 > self.flushed.load(Ordering::Acquire) {
             let mut w = self.writer.lock().expect("text writer lock");
-            if let Err(e) = w.0.flush() {
+            if let Err(e) = w.data.flush() {
                 panic!("flushing the text store: {e}");
             }
-            self.flushed.store(w.1, Ordering::Release);
+            self.flushed.store(w.len, Ordering::Release);
         }
         let mut buf = vec![0u8; len as usize];
         self.reader.read_exact_at(&mut buf, at).ok()?;
         String::from_utf8(buf).ok().map(Arc::from)
     }
 
-    /// Bytes written so far.
+    /// Bytes of the texts file.
     pub fn bytes(&self) -> u64 {
-        self.writer.lock().expect("text writer lock").1
+        self.writer.lock().expect("text writer lock").len
     }
 }
 
@@ -215,13 +288,13 @@ impl Store {
         Self::build(None, Texts::Memory(MemTexts::new()))
     }
 
-    /// A run's store: texts in the file `texts` (created anew). In a cluster (`threads` workers
+    /// A run's store: texts in the file `texts` (kept from earlier runs, see [`DiskTexts`]). In a cluster (`threads` workers
     /// per process) what this process's workers put is journaled, to be shipped to the other
     /// processes (see `render`).
     pub fn open(texts: &Path, cluster_threads: Option<usize>) -> std::io::Result<Arc<Store>> {
         Ok(Self::build(
             cluster_threads,
-            Texts::Disk(DiskTexts::create(texts)?),
+            Texts::Disk(DiskTexts::open(texts)?),
         ))
     }
 
@@ -234,7 +307,15 @@ impl Store {
         })
     }
 
-    fn has_text(&self, key: TextRef) -> bool {
+    /// Writes the texts put so far through to the OS (a no-op in memory).
+    pub fn flush_texts(&self) -> std::io::Result<()> {
+        match &*self.texts {
+            Texts::Memory(_) => Ok(()),
+            Texts::Disk(d) => d.flush(),
+        }
+    }
+
+    pub fn has_text(&self, key: TextRef) -> bool {
         match &*self.texts {
             Texts::Memory(m) => m.get(key).is_some(),
             Texts::Disk(d) => d.contains(key),

@@ -12,6 +12,7 @@
 //!   `answer_dedup`.
 //! - [`tokenize`]: Hugging Face tokenizers for token n-grams.
 //! - [`epoch`]: the operator shape for steps that keep their own per-epoch state.
+//! - [`upsert`]: the ingest's keyed upserts, arranged by key.
 
 pub mod epoch;
 pub mod fuzzy;
@@ -21,5 +22,6 @@ pub mod steps;
 pub mod testing;
 pub mod text;
 pub mod tokenize;
+pub mod upsert;
 
 pub use record::*;

@@ -752,14 +752,18 @@ impl Matcher {
         }
 
         // 4. Match every unchanged live question against the items that appeared.
-        if !added.is_empty() {
-            let delta = BenchmarkIndex::build(&self.cfg, added.iter());
-            let keys: Vec<(QuestionId, TextRef)> = self
-                .live
+        let keys: Vec<(QuestionId, TextRef)> = if added.is_empty() {
+            Vec::new()
+        } else {
+            self.live
                 .iter()
                 .filter(|(p, c)| **c > 0 && !changed_pairs.contains_key(*p))
                 .map(|(p, _)| *p)
-                .collect();
+                .collect()
+        };
+        // (In a first epoch every live question is new, and step 5 matches it.)
+        if !keys.is_empty() {
+            let delta = BenchmarkIndex::build(&self.cfg, added.iter());
             for (qid, tref) in keys {
                 let text = self.text(tref);
                 let found = delta.matches(&self.cfg, qid, &text);

@@ -896,7 +896,7 @@ pub fn build(
                 if let Err(e) = table.epoch(
                     updates,
                     |r| n2.step_name(r.step),
-                    |r| n2.render_rejection(r),
+                    |r, w| n2.write_rejection(r, w),
                 ) {
                     errors.borrow_mut().push(format!("writing rejections: {e}"));
                 }
@@ -919,9 +919,11 @@ pub fn build(
             "ContaminationSink",
             move |_epoch, updates, _out: &mut Vec<((), isize)>| {
                 let Some(table) = table.as_mut() else { return };
-                if let Err(e) =
-                    table.epoch(updates, |_| "matches".to_string(), |m| n3.render_match(m))
-                {
+                if let Err(e) = table.epoch(
+                    updates,
+                    |_| "matches".to_string(),
+                    |m, w| serde_json::to_writer(w, &n3.render_match(m)).map_err(Into::into),
+                ) {
                     errors
                         .borrow_mut()
                         .push(format!("writing contamination matches: {e}"));

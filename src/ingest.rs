@@ -15,7 +15,7 @@
 use crate::recipe::{BenchmarkSpec, FieldMap, SourceSpec};
 use crate::store::Store;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use thoughtflow_operators::hash;
@@ -280,11 +280,42 @@ const PARSE_CACHE_VERSION: u32 = 1;
 /// cluster, whose processes learn each other's texts only from what ingest journals.
 pub struct ParseCache {
     dir: PathBuf,
+    counts: std::sync::Arc<ParseCounts>,
+}
+
+/// Files whose parse came from the cache, and files parsed (a process's workers together),
+/// and the cache entries of the files the workers hold now.
+#[derive(Default, Debug)]
+pub struct ParseCounts {
+    pub cached: std::sync::atomic::AtomicU64,
+    pub parsed: std::sync::atomic::AtomicU64,
+    live: std::sync::Mutex<BTreeSet<PathBuf>>,
+}
+
+impl ParseCounts {
+    fn live(&self) -> std::sync::MutexGuard<'_, BTreeSet<PathBuf>> {
+        self.live.lock().expect("parse cache lock")
+    }
+}
+
+/// After a run that ended cleanly: removes the parse cache entries of files no worker holds
+/// (files rewritten or deleted while no run was watching them).
+pub fn sweep_parse_cache(dir: &Path, counts: &ParseCounts) {
+    let live = counts.live();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "bin") && !live.contains(&path) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 impl ParseCache {
-    pub fn new(dir: PathBuf) -> ParseCache {
-        ParseCache { dir }
+    pub fn new(dir: PathBuf, counts: std::sync::Arc<ParseCounts>) -> ParseCache {
+        ParseCache { dir, counts }
     }
 
     fn path(&self, spec: &SourceSpec, file: &Path, content: u128) -> PathBuf {
@@ -329,8 +360,6 @@ pub struct FileTracker {
     pub source: SourceId,
     files: BTreeMap<PathBuf, FileState>,
     cache: Option<ParseCache>,
-    /// Files whose parse came from the cache, since the tracker was made.
-    pub cache_hits: usize,
 }
 
 impl FileTracker {
@@ -342,7 +371,6 @@ impl FileTracker {
             source,
             files: BTreeMap::new(),
             cache,
-            cache_hits: 0,
         }
     }
 
@@ -404,7 +432,12 @@ impl FileTracker {
                 .and_then(|(at, c)| c.load(at, store));
             let parsed = match loaded {
                 Some(parsed) => {
-                    self.cache_hits += 1;
+                    if let (Some(at), Some(c)) = (&cached, &self.cache) {
+                        c.counts
+                            .cached
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        c.counts.live().insert(at.clone());
+                    }
                     for (i, q) in parsed.questions.iter().enumerate() {
                         store.put_name(q.id, self.source, parsed.name(i));
                     }
@@ -413,7 +446,11 @@ impl FileTracker {
                 None => {
                     let parsed = self.read_file(&path, &bytes, store);
                     if let (Some(at), Some(c)) = (&cached, &self.cache) {
+                        c.counts
+                            .parsed
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         c.save(at, &parsed, store);
+                        c.counts.live().insert(at.clone());
                     }
                     parsed
                 }
@@ -455,7 +492,9 @@ impl FileTracker {
     /// Removes the cached parse of a file's earlier content (rewritten or deleted).
     fn forget_parse(&self, path: &Path, content: u128) {
         if let Some(c) = &self.cache {
-            let _ = std::fs::remove_file(c.path(&self.spec, path, content));
+            let at = c.path(&self.spec, path, content);
+            c.counts.live().remove(&at);
+            let _ = std::fs::remove_file(at);
         }
     }
 

@@ -7,7 +7,7 @@
 //! `--follow` a run is one epoch (everything present at start); with it, the loop polls again
 //! after `--poll-ms` until it is asked to stop (Ctrl-C / SIGTERM), finishing the epoch in hand.
 
-use crate::ingest::{BenchmarkTracker, FileTracker, ParseCache};
+use crate::ingest::{BenchmarkTracker, FileTracker, ParseCache, ParseCounts};
 use crate::kafka::KafkaSettings;
 use crate::llm::cache::Cache;
 use crate::llm::prompts::parse_difficulty;
@@ -241,6 +241,9 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
             }
         }
     };
+    let parse_counts = Arc::new(ParseCounts::default());
+    let parse_dir = dirs.root.join(".store").join("parsed");
+    let (parse_counts2, store2) = (Arc::clone(&parse_counts), Arc::clone(&store));
     let guards = timely::execute(config, move |worker| {
         drive(
             worker,
@@ -252,7 +255,7 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
             &stop,
             &kafka_status,
             llm2.as_ref(),
-            &memo,
+            (&memo, &parse_counts2),
         )
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
@@ -266,6 +269,9 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
             Ok(Err(e)) => return Err(anyhow!(e)),
             Err(e) => return Err(anyhow!("a worker failed: {e}")),
         }
+    }
+    if store2.cluster_threads().is_none() {
+        crate::ingest::sweep_parse_cache(&parse_dir, &parse_counts);
     }
     let (epochs, stats) = match summary {
         Some(s) => s,
@@ -291,7 +297,7 @@ fn drive(
     stop: &Arc<AtomicBool>,
     kafka_status: &KafkaStatus,
     llm: Option<&Arc<Service>>,
-    memo: &Arc<DecontamMemo>,
+    (memo, parse_counts): (&Arc<DecontamMemo>, &Arc<ParseCounts>),
 ) -> std::result::Result<Option<(u64, serde_json::Value)>, String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -313,10 +319,12 @@ fn drive(
         .map(|s| {
             // In a cluster, a process must journal the texts it reads for the others: no
             // parse cache there (see `ParseCache`).
-            let cache = store
-                .cluster_threads()
-                .is_none()
-                .then(|| ParseCache::new(dirs.root.join(".store").join("parsed")));
+            let cache = store.cluster_threads().is_none().then(|| {
+                ParseCache::new(
+                    dirs.root.join(".store").join("parsed"),
+                    Arc::clone(parse_counts),
+                )
+            });
             FileTracker::new(s.clone(), store, cache)
         })
         .collect();
@@ -469,6 +477,7 @@ fn drive(
                     peers,
                     epoch,
                     memo,
+                    parse_counts,
                 ));
             }
             if let Some(r) = &replay {
@@ -581,6 +590,7 @@ fn replay_report(
     workers: usize,
     epochs: Epoch,
     memo: &DecontamMemo,
+    parses: &ParseCounts,
 ) -> serde_json::Value {
     let count = |v: &serde_json::Value| -> u64 {
         v.as_object().map_or(0, |o| {
@@ -602,6 +612,12 @@ fn replay_report(
         // Decontamination verdicts of the last clean stop: loaded, and reused instead of
         // matching (by this process).
         "decontam_memo": { "loaded": memo.len(), "reused": memo.reused() },
+        // Source files whose parse was loaded from the parse cache, and files parsed (this
+        // process; in a cluster there is no parse cache and both stay 0).
+        "parse_cache": {
+            "loaded": parses.cached.load(std::sync::atomic::Ordering::Relaxed),
+            "parsed": parses.parsed.load(std::sync::atomic::Ordering::Relaxed),
+        },
     })
 }
 

@@ -425,3 +425,78 @@ impl Store {
             .unwrap_or_else(|| Arc::from(qid.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thoughtflow_operators::hash::text_ref;
+
+    fn put(texts: &DiskTexts, text: &str) -> TextRef {
+        let key = text_ref(text);
+        texts.put_with_key(key, text);
+        key
+    }
+
+    /// Texts put by one run are found by the next without being put again, and a torn end
+    /// (an index entry whose text never reached the file) is cut off, not believed.
+    #[test]
+    fn texts_outlive_a_run_and_a_torn_end_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("texts-0.bin");
+        let index = path.with_extension("idx");
+        let (a, b, c);
+        {
+            let texts = DiskTexts::open(&path).unwrap();
+            a = put(&texts, "first text");
+            b = put(&texts, "second, with ünïcode");
+            assert_eq!(texts.get(a).as_deref(), Some("first text"));
+            texts.flush().unwrap();
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        {
+            let texts = DiskTexts::open(&path).unwrap();
+            assert!(texts.contains(a) && texts.contains(b));
+            assert_eq!(texts.get(b).as_deref(), Some("second, with ünïcode"));
+            // Present texts are not written again.
+            put(&texts, "first text");
+            texts.flush().unwrap();
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+            c = put(&texts, "third");
+            texts.flush().unwrap();
+        }
+        // A crash after the index entry but before the text's last bytes: the entry goes.
+        let full = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(full - 2)
+            .unwrap();
+        // And half an entry at the index's end (a torn append) is ignored.
+        let mut idx = std::fs::read(&index).unwrap();
+        idx.extend_from_slice(&[7u8; 10]);
+        std::fs::write(&index, &idx).unwrap();
+        {
+            let texts = DiskTexts::open(&path).unwrap();
+            assert!(texts.contains(a) && texts.contains(b));
+            assert!(
+                !texts.contains(c),
+                "an entry past the end of the texts is dropped"
+            );
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "cut back");
+            assert_eq!(
+                std::fs::metadata(&index).unwrap().len(),
+                2 * INDEX_ENTRY as u64
+            );
+            // Appends go on from the cut.
+            let c2 = put(&texts, "third");
+            assert_eq!(c2, c);
+            assert_eq!(texts.get(c).as_deref(), Some("third"));
+            texts.flush().unwrap();
+        }
+        let texts = DiskTexts::open(&path).unwrap();
+        for (k, t) in [(a, "first text"), (b, "second, with ünïcode"), (c, "third")] {
+            assert_eq!(texts.get(k).as_deref(), Some(t));
+        }
+    }
+}

@@ -802,3 +802,70 @@ teacher = "t"
     assert_eq!(rejected(&out), BTreeSet::from(["\"q7\"".to_string()]));
     assert_eq!(bytes(&out), files1);
 }
+
+/// A rerun loads each unchanged source file's parse from the parse cache instead of parsing
+/// it, and publishes the same files. The cache is checked, not trusted: an unreadable entry,
+/// or a text store that lost its texts, makes the file be parsed again, with the same result.
+#[test]
+fn a_rerun_loads_parses_from_the_cache_and_checks_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    write_jsonl(&dir.join("src/a.jsonl"), &questions("a", 0..30));
+    // A bad line: its rejection must come back from the cache too.
+    let mut b = questions("b", 0..20);
+    b.push(json!({"id": "b-empty", "question": "   "}));
+    write_jsonl(&dir.join("src/b.jsonl"), &b);
+    let r = recipe(dir, "r", "shards = 4", STEPS_FANOUT);
+    let out = dir.join("out");
+    let args = ["run", r.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let published = |out: &Path| -> (BTreeMap<String, Vec<u8>>, String, Value) {
+        let files = snapshot(out).into_iter().map(|(k, v)| (k, v.2)).collect();
+        let rejections = std::fs::read_to_string(out.join("rejections/ingest.jsonl")).unwrap();
+        let s = stats(out);
+        (
+            files,
+            rejections,
+            json!([s["dataset"]["rows"], s["sources"]]),
+        )
+    };
+    let parse_cache = |out: &Path| stats(out)["replay"]["parse_cache"].clone();
+
+    run_ok(&args);
+    assert_eq!(parse_cache(&out), json!({"loaded": 0, "parsed": 2}));
+    let first = published(&out);
+    assert!(first.1.contains("empty_text"), "{}", first.1);
+    let entries: Vec<PathBuf> = std::fs::read_dir(out.join(".store/parsed"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 2, "one parse per file");
+
+    // A rerun parses nothing.
+    run_ok(&args);
+    assert_eq!(parse_cache(&out), json!({"loaded": 2, "parsed": 0}));
+    assert_eq!(published(&out), first);
+
+    // An unreadable entry is parsed again (and replaced).
+    std::fs::write(&entries[0], b"not bincode").unwrap();
+    run_ok(&args);
+    assert_eq!(parse_cache(&out), json!({"loaded": 1, "parsed": 1}));
+    assert_eq!(published(&out), first);
+
+    // A store without its texts cannot serve the cached parses: both files are parsed.
+    std::fs::remove_file(out.join(".store/texts-0.idx")).unwrap();
+    run_ok(&args);
+    assert_eq!(parse_cache(&out), json!({"loaded": 0, "parsed": 2}));
+    assert_eq!(published(&out), first);
+
+    // A rewritten file is parsed, and its old entry removed.
+    write_jsonl(&dir.join("src/a.jsonl"), &questions("a", 0..31));
+    run_ok(&args);
+    assert_eq!(parse_cache(&out), json!({"loaded": 1, "parsed": 1}));
+    assert_eq!(
+        std::fs::read_dir(out.join(".store/parsed"))
+            .unwrap()
+            .count(),
+        2
+    );
+}

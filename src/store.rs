@@ -288,10 +288,22 @@ impl Store {
         Self::build(None, Texts::Memory(MemTexts::new()))
     }
 
-    /// A run's store: texts in the file `texts` (kept from earlier runs, see [`DiskTexts`]). In a cluster (`threads` workers
+    /// A run's store: texts in the file `texts` (kept from earlier runs, see [`DiskTexts`],
+    /// except in a cluster). In a cluster (`threads` workers
     /// per process) what this process's workers put is journaled, to be shipped to the other
     /// processes (see `render`).
     pub fn open(texts: &Path, cluster_threads: Option<usize>) -> std::io::Result<Arc<Store>> {
+        if cluster_threads.is_some() {
+            // A cluster's processes learn each other's texts from what they journal as they
+            // put them, and a text already on disk would not be journaled: each run starts
+            // its store anew (and uses no parse cache, which needs a kept store).
+            for f in [texts.to_path_buf(), texts.with_extension("idx")] {
+                match std::fs::remove_file(&f) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
         Ok(Self::build(
             cluster_threads,
             Texts::Disk(DiskTexts::open(texts)?),

@@ -268,7 +268,8 @@ impl ParsedFile {
     }
 }
 
-/// Version of the parse cache's key and format: bump it when parsing changes.
+/// Version of the parse cache's key and format: bump it when parsing or the `Question` record
+/// changes (normalization and hashing changes bump [`hash::HASH_VERSION`], also in the key).
 const PARSE_CACHE_VERSION: u32 = 1;
 
 /// Parses kept across runs (`OUT/.store/parsed`), one bincode [`ParsedFile`] per file read,
@@ -320,7 +321,8 @@ impl ParseCache {
 
     fn path(&self, spec: &SourceSpec, file: &Path, content: u128) -> PathBuf {
         let key = format!(
-            "{PARSE_CACHE_VERSION}\n{spec:?}\n{}\n{content:032x}",
+            "{PARSE_CACHE_VERSION}.{}\n{spec:?}\n{}\n{content:032x}",
+            hash::HASH_VERSION,
             file.display()
         );
         self.dir

@@ -277,46 +277,31 @@ const PARSE_CACHE_VERSION: u32 = 1;
 /// its content. A restart's replay of an unchanged file loads its parse instead of parsing,
 /// normalizing and hashing every record again: at the paper's scale that was 40% of a replay.
 /// A parse is used only if every text it refers to is in the store (the store outlives runs,
-/// see [`crate::store::DiskTexts`]); otherwise the file is parsed again. Not used in a
-/// cluster, whose processes learn each other's texts only from what ingest journals.
+/// see [`crate::store::DiskTexts`]); otherwise the file is parsed again. One per process,
+/// shared by its workers' trackers. Not used in a cluster, whose processes learn each other's
+/// texts only from what ingest journals.
+#[derive(Debug)]
 pub struct ParseCache {
     dir: PathBuf,
-    counts: std::sync::Arc<ParseCounts>,
-}
-
-/// Files whose parse came from the cache, and files parsed (a process's workers together),
-/// and the cache entries of the files the workers hold now.
-#[derive(Default, Debug)]
-pub struct ParseCounts {
-    pub cached: std::sync::atomic::AtomicU64,
+    /// Files whose parse was loaded, and files parsed.
+    pub loaded: std::sync::atomic::AtomicU64,
     pub parsed: std::sync::atomic::AtomicU64,
+    /// The entries of the files the workers hold now.
     live: std::sync::Mutex<BTreeSet<PathBuf>>,
 }
 
-impl ParseCounts {
-    fn live(&self) -> std::sync::MutexGuard<'_, BTreeSet<PathBuf>> {
-        self.live.lock().expect("parse cache lock")
-    }
-}
-
-/// After a run that ended cleanly: removes the parse cache entries of files no worker holds
-/// (files rewritten or deleted while no run was watching them).
-pub fn sweep_parse_cache(dir: &Path, counts: &ParseCounts) {
-    let live = counts.live();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.filter_map(|e| e.ok()) {
-        let path = e.path();
-        if path.extension().is_some_and(|x| x == "bin") && !live.contains(&path) {
-            let _ = std::fs::remove_file(&path);
+impl ParseCache {
+    pub fn new(dir: PathBuf) -> ParseCache {
+        ParseCache {
+            dir,
+            loaded: Default::default(),
+            parsed: Default::default(),
+            live: Default::default(),
         }
     }
-}
 
-impl ParseCache {
-    pub fn new(dir: PathBuf, counts: std::sync::Arc<ParseCounts>) -> ParseCache {
-        ParseCache { dir, counts }
+    fn live(&self) -> std::sync::MutexGuard<'_, BTreeSet<PathBuf>> {
+        self.live.lock().expect("parse cache lock")
     }
 
     fn path(&self, spec: &SourceSpec, file: &Path, content: u128) -> PathBuf {
@@ -327,6 +312,59 @@ impl ParseCache {
         );
         self.dir
             .join(format!("{:032x}.bin", hash::hash128(key.as_bytes())))
+    }
+
+    /// The parse of `file` (content hash `content`): loaded when its entry is usable (the
+    /// questions' names then go into the store), else made by `parse` and saved.
+    fn get_or_parse(
+        &self,
+        spec: &SourceSpec,
+        source: SourceId,
+        (file, content): (&Path, u128),
+        store: &Store,
+        parse: impl FnOnce() -> ParsedFile,
+    ) -> ParsedFile {
+        use std::sync::atomic::Ordering::Relaxed;
+        let at = self.path(spec, file, content);
+        let parsed = match self.load(&at, store) {
+            Some(parsed) => {
+                self.loaded.fetch_add(1, Relaxed);
+                for (i, q) in parsed.questions.iter().enumerate() {
+                    store.put_name(q.id, source, parsed.name(i));
+                }
+                parsed
+            }
+            None => {
+                self.parsed.fetch_add(1, Relaxed);
+                let parsed = parse();
+                self.save(&at, &parsed, store);
+                parsed
+            }
+        };
+        self.live().insert(at);
+        parsed
+    }
+
+    /// Removes the entry of a file's earlier content (rewritten or deleted).
+    fn forget(&self, spec: &SourceSpec, file: &Path, content: u128) {
+        let at = self.path(spec, file, content);
+        self.live().remove(&at);
+        let _ = std::fs::remove_file(at);
+    }
+
+    /// After a run that ended cleanly: removes the entries of files no worker holds (files
+    /// rewritten or deleted while no run was watching them).
+    pub fn sweep(&self) {
+        let live = self.live();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "bin") && !live.contains(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 
     fn load(&self, path: &Path, store: &Store) -> Option<ParsedFile> {
@@ -361,11 +399,11 @@ pub struct FileTracker {
     pub spec: SourceSpec,
     pub source: SourceId,
     files: BTreeMap<PathBuf, FileState>,
-    cache: Option<ParseCache>,
+    cache: Option<std::sync::Arc<ParseCache>>,
 }
 
 impl FileTracker {
-    pub fn new(spec: SourceSpec, store: &Store, cache: Option<ParseCache>) -> Self {
+    pub fn new(spec: SourceSpec, store: &Store, cache: Option<std::sync::Arc<ParseCache>>) -> Self {
         let source = hash::source_id(&spec.name);
         store.register_source(source, &spec.name);
         FileTracker {
@@ -424,38 +462,11 @@ impl FileTracker {
             }
             delta.files_read += 1;
             delta.bytes_read += bytes.len() as u64;
-            let cached = self
-                .cache
-                .as_ref()
-                .map(|c| c.path(&self.spec, &path, content));
-            let loaded = cached
-                .as_ref()
-                .zip(self.cache.as_ref())
-                .and_then(|(at, c)| c.load(at, store));
-            let parsed = match loaded {
-                Some(parsed) => {
-                    if let (Some(at), Some(c)) = (&cached, &self.cache) {
-                        c.counts
-                            .cached
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        c.counts.live().insert(at.clone());
-                    }
-                    for (i, q) in parsed.questions.iter().enumerate() {
-                        store.put_name(q.id, self.source, parsed.name(i));
-                    }
-                    parsed
-                }
-                None => {
-                    let parsed = self.read_file(&path, &bytes, store);
-                    if let (Some(at), Some(c)) = (&cached, &self.cache) {
-                        c.counts
-                            .parsed
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        c.save(at, &parsed, store);
-                        c.counts.live().insert(at.clone());
-                    }
-                    parsed
-                }
+            let parsed = match &self.cache {
+                Some(c) => c.get_or_parse(&self.spec, self.source, (&path, content), store, || {
+                    self.read_file(&path, &bytes, store)
+                }),
+                None => self.read_file(&path, &bytes, store),
             };
             drop(bytes);
             let mut ids: Vec<QuestionId> = parsed.questions.iter().map(|q| q.id).collect();
@@ -494,9 +505,7 @@ impl FileTracker {
     /// Removes the cached parse of a file's earlier content (rewritten or deleted).
     fn forget_parse(&self, path: &Path, content: u128) {
         if let Some(c) = &self.cache {
-            let at = c.path(&self.spec, path, content);
-            c.counts.live().remove(&at);
-            let _ = std::fs::remove_file(at);
+            c.forget(&self.spec, path, content);
         }
     }
 

@@ -7,7 +7,7 @@
 //! `--follow` a run is one epoch (everything present at start); with it, the loop polls again
 //! after `--poll-ms` until it is asked to stop (Ctrl-C / SIGTERM), finishing the epoch in hand.
 
-use crate::ingest::{BenchmarkTracker, FileTracker, ParseCache, ParseCounts};
+use crate::ingest::{BenchmarkTracker, FileTracker, ParseCache};
 use crate::kafka::KafkaSettings;
 use crate::llm::cache::Cache;
 use crate::llm::prompts::parse_difficulty;
@@ -241,9 +241,13 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
             }
         }
     };
-    let parse_counts = Arc::new(ParseCounts::default());
-    let parse_dir = dirs.root.join(".store").join("parsed");
-    let (parse_counts2, store2) = (Arc::clone(&parse_counts), Arc::clone(&store));
+    // In a cluster, a process must journal the texts it reads for the others: no parse cache
+    // there (see `ParseCache`).
+    let parse_cache = store
+        .cluster_threads()
+        .is_none()
+        .then(|| Arc::new(ParseCache::new(dirs.root.join(".store").join("parsed"))));
+    let parse_cache2 = parse_cache.clone();
     let guards = timely::execute(config, move |worker| {
         drive(
             worker,
@@ -255,7 +259,7 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
             &stop,
             &kafka_status,
             llm2.as_ref(),
-            (&memo, &parse_counts2),
+            (&memo, parse_cache2.as_ref()),
         )
     })
     .map_err(|e| anyhow!("starting timely workers: {e}"))?;
@@ -270,8 +274,8 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
             Err(e) => return Err(anyhow!("a worker failed: {e}")),
         }
     }
-    if store2.cluster_threads().is_none() {
-        crate::ingest::sweep_parse_cache(&parse_dir, &parse_counts);
+    if let Some(c) = &parse_cache {
+        c.sweep();
     }
     let (epochs, stats) = match summary {
         Some(s) => s,
@@ -297,7 +301,7 @@ fn drive(
     stop: &Arc<AtomicBool>,
     kafka_status: &KafkaStatus,
     llm: Option<&Arc<Service>>,
-    (memo, parse_counts): (&Arc<DecontamMemo>, &Arc<ParseCounts>),
+    (memo, parse_cache): (&Arc<DecontamMemo>, Option<&Arc<ParseCache>>),
 ) -> std::result::Result<Option<(u64, serde_json::Value)>, String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -316,17 +320,7 @@ fn drive(
     let mut sources: Vec<FileTracker> = recipe
         .sources
         .iter()
-        .map(|s| {
-            // In a cluster, a process must journal the texts it reads for the others: no
-            // parse cache there (see `ParseCache`).
-            let cache = store.cluster_threads().is_none().then(|| {
-                ParseCache::new(
-                    dirs.root.join(".store").join("parsed"),
-                    Arc::clone(parse_counts),
-                )
-            });
-            FileTracker::new(s.clone(), store, cache)
-        })
+        .map(|s| FileTracker::new(s.clone(), store, parse_cache.cloned()))
         .collect();
     let mut benchmarks: Vec<BenchmarkTracker> = recipe
         .benchmarks
@@ -477,7 +471,7 @@ fn drive(
                     peers,
                     epoch,
                     memo,
-                    parse_counts,
+                    parse_cache.map(|c| &**c),
                 ));
             }
             if let Some(r) = &replay {
@@ -590,8 +584,11 @@ fn replay_report(
     workers: usize,
     epochs: Epoch,
     memo: &DecontamMemo,
-    parses: &ParseCounts,
+    parses: Option<&ParseCache>,
 ) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (loaded, parsed) =
+        parses.map_or((0, 0), |p| (p.loaded.load(Relaxed), p.parsed.load(Relaxed)));
     let count = |v: &serde_json::Value| -> u64 {
         v.as_object().map_or(0, |o| {
             o.values()
@@ -614,10 +611,7 @@ fn replay_report(
         "decontam_memo": { "loaded": memo.len(), "reused": memo.reused() },
         // Source files whose parse was loaded from the parse cache, and files parsed (this
         // process; in a cluster there is no parse cache and both stay 0).
-        "parse_cache": {
-            "loaded": parses.cached.load(std::sync::atomic::Ordering::Relaxed),
-            "parsed": parses.parsed.load(std::sync::atomic::Ordering::Relaxed),
-        },
+        "parse_cache": { "loaded": loaded, "parsed": parsed },
     })
 }
 

@@ -223,55 +223,36 @@ impl Naming {
 
     /// A dataset row in the OpenThoughts3 schema, plus ids.
     pub fn render_row(&self, row: &Row) -> Value {
-        let q = &row.question;
-        let source = self.store.source_name(q.source);
-        let id = self.store.question_name(q.id);
-        let question = self
-            .store
-            .text(q.text)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        let answer = answer_text(&row.answer, &self.store);
-        let has_teacher = !matches!(row.answer.text, AnswerText::None);
-        let mut conversations = vec![json!({"from": "human", "value": question})];
-        if let Some(a) = answer {
-            conversations.push(json!({"from": "gpt", "value": a}));
-        }
-        json!({
-            "row_id": self.row_id(&row.key, &source, &id, has_teacher),
-            "question_id": &*id,
-            "source": &*source,
-            "domain": q.domain.as_str(),
-            "difficulty": q.difficulty,
-            "score": q.score,
-            "teacher": if has_teacher { self.teachers.get(row.key.teacher.0 as usize).cloned() } else { None },
-            "sample": row.key.sample,
-            "conversations": conversations,
-        })
+        self.with_row_out(row, |out| serde_json::to_value(out).expect("a row renders"))
     }
 
     /// Writes [`Naming::render_row`]'s JSON (the same bytes) without building it as a
     /// `Value`: at the paper's scale the shard writers render 1.2M rows of several KB each.
     pub fn write_row(&self, row: &Row, w: &mut dyn Write) -> std::io::Result<()> {
+        self.with_row_out(row, |out| serde_json::to_writer(w, out))
+            .map_err(std::io::Error::from)
+    }
+
+    /// Calls `f` with a row as published (borrowing the texts it looks up).
+    fn with_row_out<R>(&self, row: &Row, f: impl FnOnce(&RowOut) -> R) -> R {
         let q = &row.question;
         let source = self.store.source_name(q.source);
         let id = self.store.question_name(q.id);
         let question = self.store.text(q.text);
         let answer = answer_text(&row.answer, &self.store);
         let has_teacher = !matches!(row.answer.text, AnswerText::None);
-        let human = Turn {
+        let mut conversations = vec![Turn {
             from: "human",
             value: question.as_deref().unwrap_or(""),
-        };
-        let gpt = answer.as_deref().map(|a| Turn {
-            from: "gpt",
-            value: a,
-        });
-        let line = RowOut {
-            conversations: match &gpt {
-                Some(g) => vec![human, Turn { ..*g }],
-                None => vec![human],
-            },
+        }];
+        if let Some(a) = answer.as_deref() {
+            conversations.push(Turn {
+                from: "gpt",
+                value: a,
+            });
+        }
+        f(&RowOut {
+            conversations,
             difficulty: q.difficulty,
             domain: q.domain.as_str(),
             question_id: &id,
@@ -286,8 +267,7 @@ impl Naming {
             } else {
                 None
             },
-        };
-        serde_json::to_writer(w, &line).map_err(std::io::Error::from)
+        })
     }
 
     /// A question as audit records name it, with `kind`, `sample` and `teacher` when given.
@@ -313,9 +293,18 @@ impl Naming {
         }
     }
 
+    /// A rejection as the audit table publishes it.
+    pub fn render_rejection(&self, r: &Rejection) -> Value {
+        serde_json::to_value(self.rejection_out(r)).expect("a rejection renders")
+    }
+
     /// Writes [`Naming::render_rejection`]'s JSON (the same bytes) without building it as a
     /// `Value`: at the paper's scale the rejection table holds about 4M records.
     pub fn write_rejection(&self, r: &Rejection, w: &mut dyn Write) -> std::io::Result<()> {
+        serde_json::to_writer(w, &self.rejection_out(r)).map_err(std::io::Error::from)
+    }
+
+    fn rejection_out<'a>(&self, r: &'a Rejection) -> RejectionOut<'a> {
         let row = match &r.subject {
             Subject::Question(q) => RefOut {
                 kind: Some("question"),
@@ -366,13 +355,12 @@ impl Naming {
                 ..DetailOut::default()
             }),
         };
-        let line = RejectionOut {
+        RejectionOut {
             detail,
             reason: r.reason.as_str(),
             row,
             step: self.step_name(r.step),
-        };
-        serde_json::to_writer(w, &line).map_err(std::io::Error::from)
+        }
     }
 
     pub fn step_name(&self, step: StepId) -> String {
@@ -383,16 +371,6 @@ impl Naming {
                 .get(step.0 as usize)
                 .cloned()
                 .unwrap_or_else(|| format!("step{}", step.0))
-        }
-    }
-
-    fn question_ref(&self, qid: QuestionId) -> Value {
-        match self.store.question_source(qid) {
-            Some(source) => json!({
-                "source": &*self.store.source_name(source),
-                "id": &*self.store.question_name(qid),
-            }),
-            None => json!({"question_id": qid.to_string()}),
         }
     }
 
@@ -410,50 +388,9 @@ impl Naming {
         h.digest128()
     }
 
-    pub fn render_rejection(&self, r: &Rejection) -> Value {
-        let row = match &r.subject {
-            Subject::Question(q) => {
-                let mut v = self.question_ref(*q);
-                v["kind"] = json!("question");
-                v
-            }
-            Subject::Row(k) => {
-                let mut v = self.question_ref(k.question);
-                v["kind"] = json!("row");
-                v["teacher"] = json!(self.teachers.get(k.teacher.0 as usize));
-                v["sample"] = json!(k.sample);
-                v
-            }
-            Subject::Input { source, location } => {
-                json!({"kind": "input", "source": &*self.store.source_name(*source), "location": location})
-            }
-        };
-        let detail = match &r.detail {
-            Detail::None => Value::Null,
-            Detail::Text(t) => json!({"message": t}),
-            Detail::Contamination { bench, item } => json!({"benchmark": bench, "item": item}),
-            Detail::Tokens { tokens, max } => json!({"tokens": tokens, "max_tokens": max}),
-            Detail::Score { score, bound } => json!({"score": score, "bound": bound}),
-            Detail::Rank { score } => json!({"score": score}),
-            Detail::DuplicateOf(q) => json!({"kept": self.question_ref(*q)}),
-            Detail::DuplicateOfRow(k) => {
-                let mut v = self.question_ref(k.question);
-                v["teacher"] = json!(self.teachers.get(k.teacher.0 as usize));
-                v["sample"] = json!(k.sample);
-                json!({"kept": v})
-            }
-        };
-        json!({
-            "row": row,
-            "step": self.step_name(r.step),
-            "reason": r.reason.as_str(),
-            "detail": detail,
-        })
-    }
-
     pub fn render_match(&self, m: &Match) -> Value {
         json!({
-            "question": self.question_ref(m.question),
+            "question": self.question_out(m.question),
             "benchmark": m.bench,
             "item": m.item,
             "method": m.method.as_str(),
@@ -463,9 +400,10 @@ impl Naming {
     }
 }
 
-// The rendered records as structs, for writing without a `Value` in between. A `Value`
-// object writes its keys sorted, so each struct declares its fields in that order, and an
-// absent field is skipped where the `Value` had no key (a `null` one is `Some(None)`).
+// The published records' shapes, defined once: written straight to JSON (the sinks), or
+// converted to a `Value` (Parquet, the change log). A `Value` object writes its keys sorted,
+// so each struct declares its fields in that order, and both give the same bytes; an absent
+// field is skipped where there is no key (a `null` one is `Some(None)`).
 
 #[derive(serde::Serialize)]
 struct Turn<'a> {

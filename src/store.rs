@@ -43,8 +43,11 @@ thread_local! {
 /// put before and writes none of them again. An entry whose text is not wholly in the file (a
 /// crash between the two appends) is dropped with everything after it, and both files are cut
 /// back to what the kept entries cover.
+/// One shard of a [`DiskTexts`] index: key to (offset, length).
+type TextIndex = thoughtflow_operators::hash::FastMap<TextRef, (u64, u32)>;
+
 pub struct DiskTexts {
-    index: Vec<RwLock<thoughtflow_operators::hash::FastMap<TextRef, (u64, u32)>>>,
+    index: Vec<RwLock<TextIndex>>,
     writer: Mutex<TextWriter>,
     /// Bytes of the file known to be written through to the OS (readable with `pread`).
     flushed: AtomicU64,
@@ -84,8 +87,7 @@ impl DiskTexts {
         let data_len = data.metadata()?.len();
         let mut entries = Vec::new();
         std::io::Read::read_to_end(&mut index_file, &mut entries)?;
-        let mut index: Vec<RwLock<thoughtflow_operators::hash::FastMap<TextRef, (u64, u32)>>> = (0
-            ..SHARDS)
+        let mut index: Vec<RwLock<TextIndex>> = (0..SHARDS)
             .map(|_| RwLock::new(Default::default()))
             .collect();
         // Entries are appended in file order: the kept ones are a prefix.
@@ -127,10 +129,7 @@ impl DiskTexts {
         })
     }
 
-    fn shard(
-        &self,
-        key: TextRef,
-    ) -> &RwLock<thoughtflow_operators::hash::FastMap<TextRef, (u64, u32)>> {
+    fn shard(&self, key: TextRef) -> &RwLock<TextIndex> {
         &self.index[(key.0 as usize) % SHARDS]
     }
 
@@ -174,18 +173,23 @@ impl DiskTexts {
     /// Writes what is buffered through to the OS: the texts, then their index entries.
     pub fn flush(&self) -> std::io::Result<()> {
         let mut w = self.writer.lock().expect("text writer lock");
+        self.flush_data(&mut w)?;
+        w.index.flush()
+    }
+
+    /// Writes the buffered texts through to the OS, so that `pread` sees them.
+    fn flush_data(&self, w: &mut TextWriter) -> std::io::Result<()> {
         w.data.flush()?;
         self.flushed.store(w.len, Ordering::Release);
-        w.index.flush()
+        Ok(())
     }
 
     fn read(&self, at: u64, len: u32) -> Option<Arc<str>> {
         if at + len as u64 > self.flushed.load(Ordering::Acquire) {
             let mut w = self.writer.lock().expect("text writer lock");
-            if let Err(e) = w.data.flush() {
+            if let Err(e) = self.flush_data(&mut w) {
                 panic!("flushing the text store: {e}");
             }
-            self.flushed.store(w.len, Ordering::Release);
         }
         let mut buf = vec![0u8; len as usize];
         self.reader.read_exact_at(&mut buf, at).ok()?;

@@ -805,9 +805,7 @@ impl Matcher {
 /// The questions arranged by id (as the ingest's upsert operator holds them).
 pub type ArrangedQuestions<'s> = differential_dataflow::operators::arrange::Arranged<
     's,
-    differential_dataflow::operators::arrange::TraceAgent<
-        differential_dataflow::trace::implementations::ValSpine<QuestionId, Question, Epoch, isize>,
-    >,
+    crate::upsert::UpsertTrace<QuestionId, Question>,
 >;
 
 /// Turns matches into the step's verdicts: contaminated questions are rejected with their

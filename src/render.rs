@@ -882,14 +882,16 @@ pub fn build(
 
         // Audit sinks on worker 0.
         let all_rejections = differential_dataflow::collection::concatenate(scope, rejections);
-        // Only worker 0 holds (and may clean up) the audit files.
+        // Only the last worker holds (and may clean up) the rejection files: worker 0 has the
+        // manifest, the changes and the contamination table to write.
+        let last = peers - 1;
         let mut table =
-            (index == 0).then(|| AuditTable::new(dirs.rejections(), naming.context_digest()));
+            (index == last).then(|| AuditTable::new(dirs.rejections(), naming.context_digest()));
         let n2 = naming.clone();
         let errors = Rc::clone(&sink_errors);
         first_epoch_unary(
             all_rejections,
-            Exchange::new(|_: &(Rejection, Epoch, isize)| 0),
+            Exchange::new(move |_: &(Rejection, Epoch, isize)| last as u64),
             "RejectionSink",
             move |_epoch, updates, _out: &mut Vec<((), isize)>| {
                 let Some(table) = table.as_mut() else { return };

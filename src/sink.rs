@@ -16,7 +16,7 @@
 //!  OUT/dataset/part-SSSSS.jsonl | .parquet   OUT/dataset/.manifest/part-SSSSS.json
 //!                                    (worker 0 joins them into OUT/dataset/manifest.json,
 //!                                     after the epoch's shards, before stats.json)
-//!  rejections --exchange(0)--> OUT/rejections/<step id>.jsonl (current state, per step)
+//!  rejections --exchange(last worker)--> OUT/rejections/<step id>.jsonl (current state, per step)
 //!  matches    --exchange(0)--> OUT/contamination/matches.jsonl (current state)
 //! ```
 //!
@@ -37,6 +37,11 @@
 //! `run_written`). `stats.json` counts the shards rewritten and unchanged per epoch. Changes
 //! (`changes/`, the changelog topic) are relative to the run's start, as before: a rerun's
 //! first epoch lists every row as an upsert.
+//!
+//! A rewrite is spliced: a JSONL shard (and an audit group) remembers where each of its rows'
+//! lines is in its file ([`LineIndex`], [`AuditTable`]'s `Held`), and a refresh copies the lines
+//! of the rows the epoch did not touch from the file in place and renders only the others, with
+//! the same bytes as a full render. Parquet shards are rendered whole.
 //!
 //! Changes are partitioned by question id ([`change_part_of`]), not by shard: a question whose
 //! text changes may move to another shard, and its change must stay one upsert.
@@ -167,6 +172,16 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let (tmp, mut w) = temp_writer(path)?;
     w.write_all(contents)?;
     commit_temp(&tmp, w, path)
+}
+
+/// Like [`write_atomic`], without syncing: for files rewritten at every run's start (a shard's
+/// manifest fragment and `stat` record), which a crash may leave stale or empty but never
+/// half-replaced, and which nothing reads across a crash without checking.
+fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let (tmp, mut w) = temp_writer(path)?;
+    w.write_all(contents)?;
+    w.into_inner().map_err(|e| e.into_error())?;
+    std::fs::rename(tmp, path)
 }
 
 /// The dataset shard of a question's rows: the range of its content hash, in `shards` equal
@@ -985,6 +1000,88 @@ pub struct DatasetFiles {
     shards: BTreeMap<u32, BTreeMap<RowKey, Row>>,
     /// shard -> what its files hold now (the previous run's verified entry, or as written).
     entries: BTreeMap<u32, ShardEntry>,
+    /// shard -> where each row's line is in its JSONL file (JSONL-only datasets): a refresh
+    /// copies the lines of the rows an epoch did not touch instead of rendering them again.
+    lines: BTreeMap<u32, LineIndex>,
+    /// Shards whose JSONL file holds exactly their rows (verified at the run's start) but has
+    /// no [`LineIndex`] yet: it is built from the file when an epoch first touches the shard.
+    unindexed: BTreeSet<u32>,
+    /// Rows whose lines were copied from the file in place rather than rendered (this run).
+    pub spliced: u64,
+    /// Rows whose lines were rendered (this run).
+    pub rendered: u64,
+}
+
+/// Where each row of a shard's JSONL file is: (row key, byte offset, line length with its
+/// newline), in the file's order (by row key).
+type LineIndex = Vec<(RowKey, u64, u32)>;
+
+/// Builds a [`LineIndex`] for a JSONL file that holds `keys`' rows, one line each in order;
+/// `None` if its line count differs.
+fn index_lines<'a>(
+    path: &Path,
+    keys: impl ExactSizeIterator<Item = &'a RowKey>,
+) -> std::io::Result<Option<LineIndex>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut ends = Vec::with_capacity(keys.len());
+    let mut buf = vec![0u8; 8 << 20];
+    let mut base = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ends.extend(memchr::memchr_iter(b'\n', &buf[..n]).map(|i| base + i as u64 + 1));
+        base += n as u64;
+    }
+    if ends.len() != keys.len() || ends.last().copied().unwrap_or(0) != base {
+        return Ok(None);
+    }
+    let mut start = 0;
+    Ok(Some(
+        keys.zip(ends)
+            .map(|(k, end)| {
+                let line = (*k, start, (end - start) as u32);
+                start = end;
+                line
+            })
+            .collect(),
+    ))
+}
+
+/// Copies byte ranges of an old file into a writer, joining adjacent ranges into one read.
+struct Splice<'a> {
+    from: &'a std::fs::File,
+    pending: Option<(u64, u64)>,
+    buf: Vec<u8>,
+}
+
+impl Splice<'_> {
+    /// Bytes read at most at once.
+    const MAX_READ: u64 = 8 << 20;
+
+    fn copy(&mut self, offset: u64, len: u32, w: &mut dyn Write) -> std::io::Result<()> {
+        let end = offset + len as u64;
+        match &mut self.pending {
+            Some((start, pend)) if *pend == offset && end - *start <= Self::MAX_READ => *pend = end,
+            _ => {
+                self.flush(w)?;
+                self.pending = Some((offset, end));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, w: &mut dyn Write) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if let Some((start, end)) = self.pending.take() {
+            self.buf.resize((end - start) as usize, 0);
+            self.from.read_exact_at(&mut self.buf, start)?;
+            w.write_all(&self.buf)?;
+        }
+        Ok(())
+    }
 }
 
 impl DatasetFiles {
@@ -1019,6 +1116,10 @@ impl DatasetFiles {
             started: false,
             shards,
             entries,
+            lines: BTreeMap::new(),
+            unindexed: BTreeSet::new(),
+            spliced: 0,
+            rendered: 0,
         }
     }
 
@@ -1036,6 +1137,28 @@ impl DatasetFiles {
         if !self.started {
             dirty.extend(self.shards.keys().copied());
         }
+        // The keys this epoch touches (sorted, as `net` is): their lines are rendered anew.
+        // (Only a shard with a line index asks.)
+        let mut touched: Vec<RowKey> = if self.lines.is_empty() && self.unindexed.is_empty() {
+            Vec::new()
+        } else {
+            net.iter().map(|((k, _), _)| *k).collect()
+        };
+        touched.dedup();
+        // A shard's file is indexed before its rows change (the index pairs its lines with
+        // the rows it holds).
+        let hit: BTreeSet<u32> = net
+            .iter()
+            .map(|((_, row), _)| shard_of(row.question.hash, self.shard_count))
+            .filter(|s| self.unindexed.contains(s))
+            .collect();
+        for shard in hit {
+            self.unindexed.remove(&shard);
+            let path = self.dirs.dataset().join(shard_file_name(shard, "jsonl"));
+            if let Some(index) = index_lines(&path, self.shards[&shard].keys())? {
+                self.lines.insert(shard, index);
+            }
+        }
         // Retractions first, then insertions (a row whose question's text changed may move
         // to another shard).
         for ((key, row), _) in net.iter().filter(|(_, d)| *d < 0) {
@@ -1052,27 +1175,37 @@ impl DatasetFiles {
             self.shards.entry(shard).or_default().insert(key, row);
             dirty.insert(shard);
         }
+        let (spliced, rendered) = (self.spliced, self.rendered);
         for shard in dirty {
-            let key = if self.refresh(shard, epoch)? {
+            let key = if self.refresh(shard, epoch, &touched)? {
                 StatKey::ShardsRewritten
             } else {
                 StatKey::ShardsUnchanged
             };
             stats.push((key, 1));
         }
+        stats.push((StatKey::RowsCopied, (self.spliced - spliced) as isize));
+        stats.push((StatKey::RowsRendered, (self.rendered - rendered) as isize));
         self.started = true;
         Ok(())
     }
 
     /// Renders a shard and writes each of its files whose bytes differ from what its entry
     /// says; writes its manifest fragment. Returns whether a file was written.
-    fn refresh(&mut self, shard: u32, epoch: Epoch) -> std::io::Result<bool> {
+    ///
+    /// A JSONL-only shard with a [`LineIndex`] is spliced: the lines of rows whose keys are not
+    /// in `touched` (sorted) are copied from the file in place, in runs, and only the touched
+    /// rows are rendered. The bytes are the same as a full render's.
+    fn refresh(&mut self, shard: u32, epoch: Epoch, touched: &[RowKey]) -> std::io::Result<bool> {
         let digest = rows_digest(self.shards[&shard].values(), self.format);
         if let Some(old) = self.entries.get(&shard) {
             if old.rows_digest.as_deref() == Some(digest.as_str()) {
                 // The same rows as the files hold (verified at start): nothing to render.
                 if !self.started {
                     self.write_fragment(old)?;
+                    if self.format == SinkFormat::Jsonl {
+                        self.unindexed.insert(shard);
+                    }
                 }
                 return Ok(false);
             }
@@ -1102,11 +1235,56 @@ impl DatasetFiles {
         }
         let rows = self.shards[&shard].len() as u64;
         let all: Vec<&Row> = self.shards[&shard].values().collect();
+        // The old file and its index, when the shard can be spliced.
+        let old_lines = self.lines.remove(&shard).unwrap_or_default();
+        let old_file = match (&jsonl_out, parquet_out.is_none(), old_lines.is_empty()) {
+            (Some((name, _, _)), true, false) => std::fs::File::open(dataset.join(name)).ok(),
+            _ => None,
+        };
+        let mut splice = old_file.as_ref().map(|from| Splice {
+            from,
+            pending: None,
+            buf: Vec::new(),
+        });
+        let mut old_at = 0;
+        let mut index: LineIndex = Vec::new();
         for chunk in all.chunks(SHARD_CHUNK_ROWS) {
             if let Some((_, _, w)) = jsonl_out.as_mut() {
                 for r in chunk {
-                    self.naming.write_row(r, w)?;
-                    w.write_all(b"\n")?;
+                    let kept = match splice.as_mut() {
+                        Some(_) if touched.binary_search(&r.key).is_ok() => None,
+                        Some(sp) => {
+                            while old_at < old_lines.len() && old_lines[old_at].0 < r.key {
+                                old_at += 1;
+                            }
+                            old_lines
+                                .get(old_at)
+                                .filter(|(k, _, _)| *k == r.key)
+                                .map(|&(_, offset, len)| (sp, offset, len))
+                        }
+                        None => None,
+                    };
+                    let len = match kept {
+                        Some((sp, offset, len)) => {
+                            sp.copy(offset, len, w)?;
+                            self.spliced += 1;
+                            len
+                        }
+                        None => {
+                            if let Some(sp) = splice.as_mut() {
+                                sp.flush(w)?;
+                            }
+                            let before = w.bytes;
+                            self.rendered += 1;
+                            self.naming.write_row(r, w)?;
+                            w.write_all(b"\n")?;
+                            (w.bytes - before) as u32
+                        }
+                    };
+                    if parquet_out.is_none() {
+                        let at = index.last().map(|&(_, o, l)| o + l as u64).unwrap_or(0);
+                        index.push((r.key, at, len));
+                    }
                 }
             }
             if let Some((_, _, w)) = parquet_out.as_mut() {
@@ -1115,6 +1293,10 @@ impl DatasetFiles {
                     .map_err(std::io::Error::other)?;
             }
         }
+        if let (Some(sp), Some((_, _, w))) = (splice.as_mut(), jsonl_out.as_mut()) {
+            sp.flush(w)?;
+        }
+        drop(splice);
         let mut written: Vec<(String, PathBuf, Hashing<std::io::BufWriter<std::fs::File>>)> =
             Vec::new();
         if let Some((name, tmp, w)) = jsonl_out {
@@ -1160,6 +1342,9 @@ impl DatasetFiles {
             self.write_fragment(&entry)?;
         }
         self.entries.insert(shard, entry);
+        if self.format == SinkFormat::Jsonl {
+            self.lines.insert(shard, index);
+        }
         Ok(wrote)
     }
 
@@ -1171,7 +1356,10 @@ impl DatasetFiles {
             .iter()
             .filter_map(|f| file_stat(&self.dirs.dataset(), f))
             .collect();
-        write_atomic(
+        // Neither is synced: the manifest (synced) is what a restart trusts, the fragments are
+        // written again in every run's first epoch, and a `stat` record that does not parse
+        // only makes the next start checksum the shard's files.
+        replace_file(
             &stat_path(&self.dirs, entry.shard),
             &serde_json::to_vec(&stats).expect("json"),
         )?;
@@ -1179,7 +1367,7 @@ impl DatasetFiles {
             .dirs
             .manifest_parts()
             .join(format!("part-{:05}.json", entry.shard));
-        write_atomic(&fragment, &serde_json::to_vec(entry).expect("json"))
+        replace_file(&fragment, &serde_json::to_vec(entry).expect("json"))
     }
 }
 
@@ -1402,12 +1590,27 @@ pub fn publish_changes(dirs: &OutDirs, epoch: Epoch) -> std::io::Result<bool> {
 /// are rendered with, kept in `<dir>/.digests.json` with each file's size), and removes the
 /// files of groups that are gone.
 pub struct AuditTable<T: Ord + Clone + Hash> {
-    groups: BTreeMap<String, BTreeMap<T, isize>>,
+    groups: BTreeMap<String, BTreeMap<T, Held>>,
     dir: PathBuf,
     /// A digest of what rendering depends on besides the records (step and teacher names).
     context: u128,
     /// group -> (digest, file size) of what its file holds; loaded at the first epoch.
     written: Option<BTreeMap<String, (String, u64)>>,
+    /// Groups whose file holds exactly their records (checked at the first epoch) but whose
+    /// records do not know their lines yet: read from the file when an epoch first changes
+    /// the group.
+    unindexed: BTreeSet<String>,
+    /// Records whose lines were copied from the file in place rather than rendered (this run).
+    pub spliced: u64,
+}
+
+/// A record of an [`AuditTable`]: its multiplicity and where its lines are in the group's
+/// file (`len == 0`: not there as it stands, so rendered at the next rewrite).
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    count: i32,
+    len: u32,
+    at: u64,
 }
 
 impl<T: Ord + Clone + Hash> AuditTable<T> {
@@ -1417,6 +1620,8 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
             dir,
             context,
             written: None,
+            unindexed: BTreeSet::new(),
+            spliced: 0,
         }
     }
 
@@ -1424,36 +1629,82 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         self.dir.join(".digests.json")
     }
 
-    fn digest(&self, table: &BTreeMap<T, isize>) -> String {
+    fn digest(&self, table: &BTreeMap<T, Held>) -> String {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(&self.context.to_le_bytes());
         h.update(RENDER_VERSION.as_bytes());
-        for (t, c) in table {
+        for (t, held) in table {
             t.hash(&mut h);
-            c.hash(&mut h);
+            (held.count as isize).hash(&mut h);
         }
         format!("{:032x}", h.digest128())
     }
 
+    /// Pairs a group's records with the lines of its file, which holds exactly them (each
+    /// record's line `count` times, in order). Leaves them unpaired if the file disagrees.
+    fn index_group(&mut self, g: &str) -> std::io::Result<()> {
+        let Some(table) = self.groups.get_mut(g) else {
+            return Ok(());
+        };
+        let data = std::fs::read(self.dir.join(format!("{g}.jsonl")))?;
+        let mut ends = memchr::memchr_iter(b'\n', &data);
+        let mut at = 0u64;
+        let mut located = Vec::with_capacity(table.len());
+        for held in table.values() {
+            let mut end = at;
+            for _ in 0..held.count.max(0) {
+                match ends.next() {
+                    Some(e) => end = e as u64 + 1,
+                    None => return Ok(()),
+                }
+            }
+            located.push((at, (end - at) as u32));
+            at = end;
+        }
+        if ends.next().is_some() || at != data.len() as u64 {
+            return Ok(());
+        }
+        for (held, (at, len)) in table.values_mut().zip(located) {
+            (held.at, held.len) = (at, len);
+        }
+        Ok(())
+    }
+
     /// Applies diffs (grouped by `group`); rewrites `<dir>/<group>.jsonl` for changed groups
-    /// (at the first epoch, for groups whose file does not hold them already).
+    /// (at the first epoch, for groups whose file does not hold them already). A rewrite copies
+    /// the lines of the records the epoch did not change from the file in place and renders
+    /// the others.
     pub fn epoch(
         &mut self,
         updates: Vec<(T, isize)>,
         group: impl Fn(&T) -> String,
         render: impl Fn(&T, &mut dyn Write) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
+        // A group's file is read for its lines before its records change.
+        if !self.unindexed.is_empty() {
+            let hit: BTreeSet<String> = updates
+                .iter()
+                .map(|(t, _)| group(t))
+                .filter(|g| self.unindexed.contains(g))
+                .collect();
+            for g in hit {
+                self.unindexed.remove(&g);
+                self.index_group(&g)?;
+            }
+        }
         let mut changed = BTreeSet::new();
         for (t, d) in updates {
             let g = group(&t);
             let table = self.groups.entry(g.clone()).or_default();
-            let c = table.entry(t.clone()).or_insert(0);
-            *c += d;
-            if *c == 0 {
+            let held = table.entry(t.clone()).or_default();
+            held.count += d as i32;
+            held.len = 0;
+            if held.count == 0 {
                 table.remove(&t);
             }
             changed.insert(g);
         }
+        let first = self.written.is_none();
         let mut written = match self.written.take() {
             Some(w) => w,
             None => {
@@ -1478,8 +1729,8 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         let before = written.clone();
         for g in changed {
             let path = self.dir.join(format!("{g}.jsonl"));
-            let table = match self.groups.get(&g) {
-                Some(t) if !t.is_empty() => t,
+            let digest = match self.groups.get(&g) {
+                Some(t) if !t.is_empty() => self.digest(t),
                 _ => {
                     self.groups.remove(&g);
                     written.remove(&g);
@@ -1487,26 +1738,59 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
                     continue;
                 }
             };
-            let digest = self.digest(table);
             let on_disk = std::fs::metadata(&path).map(|m| m.len()).ok();
             if written
                 .get(&g)
                 .is_some_and(|(d, len)| *d == digest && on_disk == Some(*len))
             {
+                if first {
+                    self.unindexed.insert(g);
+                }
                 continue;
             }
+            let table = self.groups.get_mut(&g).expect("checked above");
             // Streamed to a temporary file (a group can hold millions of records).
             let (tmp, w) = temp_writer(&path)?;
             let mut w = Hashing::new(w);
+            let old = if table.values().any(|h| h.len > 0) {
+                std::fs::File::open(&path).ok()
+            } else {
+                None
+            };
+            let mut splice = old.as_ref().map(|from| Splice {
+                from,
+                pending: None,
+                buf: Vec::new(),
+            });
             let mut line = Vec::new();
-            for (t, c) in table {
-                line.clear();
-                render(t, &mut line)?;
-                line.push(b'\n');
-                for _ in 0..(*c).max(0) {
-                    w.write_all(&line)?;
+            let mut pos = 0u64;
+            for (t, held) in table.iter_mut() {
+                match splice.as_mut().filter(|_| held.len > 0) {
+                    Some(sp) => {
+                        sp.copy(held.at, held.len, &mut w)?;
+                        self.spliced += 1;
+                    }
+                    None => {
+                        if let Some(sp) = splice.as_mut() {
+                            sp.flush(&mut w)?;
+                        }
+                        line.clear();
+                        render(t, &mut line)?;
+                        line.push(b'\n');
+                        for _ in 0..held.count.max(0) {
+                            w.write_all(&line)?;
+                        }
+                        held.len = (line.len() * held.count.max(0) as usize) as u32;
+                    }
                 }
+                // Where the record's lines are in the new file.
+                held.at = pos;
+                pos += held.len as u64;
             }
+            if let Some(sp) = splice.as_mut() {
+                sp.flush(&mut w)?;
+            }
+            drop(splice);
             w.flush()?;
             let len = w.bytes;
             commit_temp(&tmp, w.inner, &path)?;
@@ -1664,5 +1948,179 @@ mod tests {
         assert!(a.starts_with(b"PAR1") && a.ends_with(b"PAR1"));
         let empty = parquet_shard(&[]).unwrap();
         assert!(empty.starts_with(b"PAR1") && empty.ends_with(b"PAR1"));
+    }
+    /// The `.jsonl` files in `dir`, by name, with their bytes.
+    fn jsonl_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read(e.path()).unwrap())
+            })
+            .collect()
+    }
+
+    /// A spliced refresh (unchanged rows' lines copied from the file in place) writes the bytes
+    /// a fresh render of the same rows writes, after every epoch of random inserts, retractions
+    /// and changes, within a run and after a restart (whose index is built from the file).
+    #[test]
+    fn spliced_refreshes_equal_a_fresh_render() {
+        let store = Store::new();
+        let src = SourceId(1);
+        store.register_source(src, "s");
+        let naming = Naming {
+            store: Arc::clone(&store),
+            teachers: Arc::new(vec!["t0".into(), "t1".into()]),
+            steps: Arc::new(vec!["s0".into()]),
+        };
+        let sink = SinkSpec {
+            shards: 3,
+            format: SinkFormat::Jsonl,
+            kafka: None,
+            changes: crate::recipe::ChangeLog::None,
+        };
+        let texts: Vec<TextRef> = (0..5)
+            .map(|i| {
+                let t = format!("question text {i} {}", "x".repeat(i * 7));
+                let r = thoughtflow_operators::hash::text_ref(&t);
+                store.put_text(r, &t);
+                r
+            })
+            .collect();
+        let row = |q: u64, teacher: u16, version: u64| Row {
+            key: RowKey {
+                question: QuestionId(q),
+                teacher: TeacherId(teacher),
+                sample: (q % 3) as u16,
+            },
+            question: Question {
+                id: QuestionId(q),
+                source: src,
+                text: texts[((q + version) % 5) as usize],
+                priority: 0,
+                domain: Domain::Math,
+                // Spread over the shards; a new version may move the row to another shard.
+                hash: ContentHash(((q * 7 + version) as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                tokens: 4,
+                chars: 14,
+                score: Some(q as i64),
+                difficulty: None,
+            },
+            answer: Answer {
+                hash: ContentHash(q as u128),
+                text: AnswerText::Synthetic {
+                    question: ContentHash(q as u128),
+                    sample: teacher,
+                    words: (5 + version % 4) as u32,
+                },
+            },
+        };
+        let files_of = |dir: &Path| jsonl_files(&dir.join("dataset"));
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = OutDirs {
+            root: tmp.path().join("live"),
+        };
+        dirs.prepare(&sink).unwrap();
+        let mut files = DatasetFiles::new(dirs.clone(), naming.clone(), &sink, 0, 1);
+        let mut live: BTreeMap<RowKey, Row> = BTreeMap::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut spliced = 0;
+        for epoch in 0..8u64 {
+            let mut net = Vec::new();
+            if epoch == 4 {
+                // A restart: a new run on the same folder gets every live row in its first epoch.
+                spliced += files.spliced;
+                let mut manifest = ManifestWriter::open(&dirs);
+                manifest.publish(&dirs, &sink, epoch - 1).unwrap();
+                files = DatasetFiles::new(dirs.clone(), naming.clone(), &sink, 0, 1);
+                net.extend(live.iter().map(|(k, r)| ((*k, r.clone()), 1)));
+            } else {
+                for _ in 0..if epoch == 0 { 400 } else { 25 } {
+                    let q = rng.u64(0..300);
+                    let r = row(q, rng.u16(0..2), rng.u64(0..3));
+                    match live.get(&r.key).cloned() {
+                        Some(old) => {
+                            net.push(((old.key, old), -1));
+                            live.remove(&r.key);
+                            if rng.bool() {
+                                net.push(((r.key, r.clone()), 1));
+                                live.insert(r.key, r);
+                            }
+                        }
+                        None => {
+                            net.push(((r.key, r.clone()), 1));
+                            live.insert(r.key, r);
+                        }
+                    }
+                }
+            }
+            files.epoch(epoch as Epoch, net, &mut Vec::new()).unwrap();
+            let fresh = OutDirs {
+                root: tmp.path().join(format!("fresh-{epoch}")),
+            };
+            fresh.prepare(&sink).unwrap();
+            let mut reference = DatasetFiles::new(fresh.clone(), naming.clone(), &sink, 0, 1);
+            let all = live.iter().map(|(k, r)| ((*k, r.clone()), 1)).collect();
+            reference.epoch(0, all, &mut Vec::new()).unwrap();
+            assert_eq!(reference.spliced, 0);
+            assert_eq!(files_of(&dirs.root), files_of(&fresh.root), "epoch {epoch}");
+        }
+        spliced += files.spliced;
+        assert!(spliced > 500, "lines were copied, not rendered: {spliced}");
+        // The restarted run spliced too (its index was read from the files).
+        assert!(files.spliced > 100, "after the restart: {}", files.spliced);
+    }
+    /// An audit table's spliced rewrites (unchanged records' lines copied from the file in
+    /// place) write the bytes a fresh table of the same records writes, after every epoch of
+    /// random diffs (multiplicities above one included), within a run and after a restart.
+    #[test]
+    fn spliced_audit_tables_equal_a_fresh_render() {
+        let group = |t: &(u32, String)| format!("g{}", t.0 % 3);
+        let render =
+            |t: &(u32, String), w: &mut dyn Write| write!(w, "{{\"k\":{},\"v\":{:?}}}", t.0, t.1);
+        let read = jsonl_files;
+        let tmp = tempfile::tempdir().unwrap();
+        let live_dir = tmp.path().join("live");
+        std::fs::create_dir_all(&live_dir).unwrap();
+        let mut table = AuditTable::new(live_dir.clone(), 1);
+        let mut live: BTreeMap<(u32, String), isize> = BTreeMap::new();
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut spliced = 0;
+        for epoch in 0..8 {
+            let mut updates = Vec::new();
+            if epoch == 4 {
+                spliced += table.spliced;
+                table = AuditTable::new(live_dir.clone(), 1);
+                updates.extend(live.iter().map(|(t, c)| (t.clone(), *c)));
+            } else {
+                for _ in 0..if epoch == 0 { 300 } else { 12 } {
+                    let t = (rng.u32(0..200), "x".repeat(rng.usize(0..4)));
+                    let d = match live.get(&t) {
+                        Some(c) if rng.bool() => -*c,
+                        _ => 1,
+                    };
+                    *live.entry(t.clone()).or_default() += d;
+                    live.retain(|_, c| *c != 0);
+                    updates.push((t, d));
+                }
+            }
+            table.epoch(updates, group, render).unwrap();
+            let fresh_dir = tmp.path().join(format!("fresh-{epoch}"));
+            std::fs::create_dir_all(&fresh_dir).unwrap();
+            let mut fresh = AuditTable::new(fresh_dir.clone(), 1);
+            fresh
+                .epoch(
+                    live.iter().map(|(t, c)| (t.clone(), *c)).collect(),
+                    group,
+                    render,
+                )
+                .unwrap();
+            assert_eq!(read(&live_dir), read(&fresh_dir), "epoch {epoch}");
+        }
+        spliced += table.spliced;
+        assert!(spliced > 300, "lines were copied, not rendered: {spliced}");
+        assert!(table.spliced > 100, "after the restart: {}", table.spliced);
     }
 }

@@ -46,6 +46,10 @@ pub enum StatKey {
     ShardsRewritten,
     /// Dataset shards re-rendered with the same bytes, left untouched (counted per epoch).
     ShardsUnchanged,
+    /// Rows of rewritten shards whose lines were rendered, and copied from the file in place
+    /// (counted per epoch).
+    RowsRendered,
+    RowsCopied,
 }
 
 impl StatKey {
@@ -59,6 +63,8 @@ impl StatKey {
                 | StatKey::ChangeDeletes
                 | StatKey::ShardsRewritten
                 | StatKey::ShardsUnchanged
+                | StatKey::RowsRendered
+                | StatKey::RowsCopied
         )
     }
 }
@@ -325,10 +331,14 @@ pub fn render(state: &StatsState, ctx: &StatsContext) -> Value {
                 "last_epoch": {
                     "rewritten": state.last(&StatKey::ShardsRewritten),
                     "unchanged": state.last(&StatKey::ShardsUnchanged),
+                    "rows_rendered": state.last(&StatKey::RowsRendered),
+                    "rows_copied": state.last(&StatKey::RowsCopied),
                 },
                 "total": {
                     "rewritten": state.total(&StatKey::ShardsRewritten),
                     "unchanged": state.total(&StatKey::ShardsUnchanged),
+                    "rows_rendered": state.total(&StatKey::RowsRendered),
+                    "rows_copied": state.total(&StatKey::RowsCopied),
                 },
             },
         },

@@ -457,6 +457,21 @@ teacher = "t"
         changed.len() as u64
     );
     assert_eq!(f1["dataset"]["shards"]["last_epoch"]["unchanged"], 0);
+    // Only the new rows were rendered: the other rows of their shards were copied from the
+    // files in place (whose lines this restarted run indexed when the epoch touched them).
+    let in_changed: u64 = changed
+        .iter()
+        .map(|s| entries(&m5)[s]["files"][0]["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(f1["dataset"]["shards"]["last_epoch"]["rows_rendered"], 3);
+    assert_eq!(
+        f1["dataset"]["shards"]["last_epoch"]["rows_copied"],
+        in_changed - 3
+    );
+    assert!(
+        in_changed > 3,
+        "the changed shards held other rows: {in_changed}"
+    );
     assert_only_rewritten((&files3, &m3), (&snapshot(&out), &m5), &changed, 4);
     for s in &changed {
         assert_eq!(entries(&m5)[s]["epoch_written"], epoch);

@@ -76,8 +76,19 @@ impl Pattern {
         let mut v = vec![u64::MAX; self.words];
         for (i, c) in text.iter().enumerate() {
             self.step(&mut v, *c, &zeros);
-            if i % 32 == 31 && self.zeros(&v) + (text.len() - i - 1) < needed {
-                return None;
+            if i % 16 == 15 {
+                // With `rest` characters of `text` left, a common subsequence matches at most
+                // LCS(pattern[..j], text so far) + min(len - j, rest) for the j where it
+                // crosses into the rest; that is largest at j = len - rest.
+                let rest = text.len() - i - 1;
+                let bound = if rest >= self.len {
+                    self.len
+                } else {
+                    self.zeros_below(&v, self.len - rest) + rest
+                };
+                if bound < needed {
+                    return None;
+                }
             }
         }
         let lcs = self.zeros(&v);
@@ -102,6 +113,16 @@ impl Pattern {
             carry = (c1 | c2) as u64;
             *vw = s2 | (*vw - u);
         }
+    }
+
+    /// LCS(pattern[..j], text so far): the zero bits of `v` below bit `j`.
+    fn zeros_below(&self, v: &[u64], j: usize) -> usize {
+        let (full, part) = (j / 64, j % 64);
+        let mut lcs: usize = v[..full].iter().map(|w| w.count_zeros() as usize).sum();
+        if part > 0 {
+            lcs += (!v[full] & ((1u64 << part) - 1)).count_ones() as usize;
+        }
+        lcs
     }
 
     fn zeros(&self, v: &[u64]) -> usize {
@@ -216,6 +237,22 @@ mod tests {
         ) {
             let p = Pattern::new(&a);
             let full = p.ratio(&b);
+            prop_assert_eq!(p.ratio_at_least(&b, t), (full >= t).then_some(full));
+        }
+
+        /// Long texts over a wider alphabet (low similarity, so the scan stops early often),
+        /// texts longer and shorter than the pattern, thresholds near the true ratio.
+        #[test]
+        fn early_exit_agrees_on_long_dissimilar_texts(
+            a in proptest::collection::vec(0u8..10, 0..400),
+            b in proptest::collection::vec(0u8..10, 0..400),
+            delta in -5.0f64..5.0,
+        ) {
+            let a: Vec<char> = a.into_iter().map(|c| (b'a' + c) as char).collect();
+            let b: Vec<char> = b.into_iter().map(|c| (b'a' + c) as char).collect();
+            let p = Pattern::new(&a);
+            let full = p.ratio(&b);
+            let t = (full + delta).clamp(0.0, 100.0);
             prop_assert_eq!(p.ratio_at_least(&b, t), (full >= t).then_some(full));
         }
 

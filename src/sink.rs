@@ -1022,19 +1022,7 @@ fn index_lines<'a>(
     path: &Path,
     keys: impl ExactSizeIterator<Item = &'a RowKey>,
 ) -> std::io::Result<Option<LineIndex>> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut ends = Vec::with_capacity(keys.len());
-    let mut buf = vec![0u8; 8 << 20];
-    let mut base = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        ends.extend(memchr::memchr_iter(b'\n', &buf[..n]).map(|i| base + i as u64 + 1));
-        base += n as u64;
-    }
+    let (ends, base) = line_ends(path)?;
     if ends.len() != keys.len() || ends.last().copied().unwrap_or(0) != base {
         return Ok(None);
     }
@@ -1048,6 +1036,25 @@ fn index_lines<'a>(
             })
             .collect(),
     ))
+}
+
+/// The offsets just past each newline of a file, and its length (read in chunks: an audit
+/// group's file can be a gigabyte).
+fn line_ends(path: &Path) -> std::io::Result<(Vec<u64>, u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut ends = Vec::new();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut base = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ends.extend(memchr::memchr_iter(b'\n', &buf[..n]).map(|i| base + i as u64 + 1));
+        base += n as u64;
+    }
+    Ok((ends, base))
 }
 
 /// Copies byte ranges of an old file into a writer, joining adjacent ranges into one read.
@@ -1646,22 +1653,22 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         let Some(table) = self.groups.get_mut(g) else {
             return Ok(());
         };
-        let data = std::fs::read(self.dir.join(format!("{g}.jsonl")))?;
-        let mut ends = memchr::memchr_iter(b'\n', &data);
+        let (ends, file_len) = line_ends(&self.dir.join(format!("{g}.jsonl")))?;
+        let mut ends = ends.into_iter();
         let mut at = 0u64;
         let mut located = Vec::with_capacity(table.len());
         for held in table.values() {
             let mut end = at;
             for _ in 0..held.count.max(0) {
                 match ends.next() {
-                    Some(e) => end = e as u64 + 1,
+                    Some(e) => end = e,
                     None => return Ok(()),
                 }
             }
             located.push((at, (end - at) as u32));
             at = end;
         }
-        if ends.next().is_some() || at != data.len() as u64 {
+        if ends.next().is_some() || at != file_len {
             return Ok(());
         }
         for (held, (at, len)) in table.values_mut().zip(located) {

@@ -1295,6 +1295,9 @@ impl DatasetFiles {
                 }
             }
             if let Some((_, _, w)) = parquet_out.as_mut() {
+                if jsonl_out.is_none() {
+                    self.rendered += chunk.len() as u64;
+                }
                 let values: Vec<Value> = chunk.iter().map(|r| self.naming.render_row(r)).collect();
                 w.write(&parquet_batch(&values).map_err(std::io::Error::other)?)
                     .map_err(std::io::Error::other)?;

@@ -1057,35 +1057,98 @@ fn line_ends(path: &Path) -> std::io::Result<(Vec<u64>, u64)> {
     Ok((ends, base))
 }
 
-/// Copies byte ranges of an old file into a writer, joining adjacent ranges into one read.
-struct Splice<'a> {
-    from: &'a std::fs::File,
+/// Writes a file line by line, each line either copied from the file it replaces (the line
+/// has not changed) or rendered; adjacent copies are joined into one read. Knows where each
+/// line lands in the new file.
+struct LineWriter<'a> {
+    out: &'a mut dyn Write,
+    /// The file being replaced, when its lines can be copied.
+    from: Option<std::fs::File>,
+    /// A run of bytes of `from` still to copy.
     pending: Option<(u64, u64)>,
     buf: Vec<u8>,
+    /// Bytes written so far, pending copies included.
+    pos: u64,
 }
 
-impl Splice<'_> {
+impl<'a> LineWriter<'a> {
     /// Bytes read at most at once.
     const MAX_READ: u64 = 8 << 20;
 
-    fn copy(&mut self, offset: u64, len: u32, w: &mut dyn Write) -> std::io::Result<()> {
+    fn new(out: &'a mut dyn Write, from: Option<std::fs::File>) -> Self {
+        LineWriter {
+            out,
+            from,
+            pending: None,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Whether lines can be copied.
+    fn copies(&self) -> bool {
+        self.from.is_some()
+    }
+
+    /// Copies `len` bytes at `offset` of the replaced file; returns where they land.
+    fn copy(&mut self, offset: u64, len: u32) -> std::io::Result<u64> {
         let end = offset + len as u64;
         match &mut self.pending {
             Some((start, pend)) if *pend == offset && end - *start <= Self::MAX_READ => *pend = end,
             _ => {
-                self.flush(w)?;
+                self.flush()?;
                 self.pending = Some((offset, end));
             }
         }
-        Ok(())
+        let at = self.pos;
+        self.pos += len as u64;
+        Ok(at)
     }
 
-    fn flush(&mut self, w: &mut dyn Write) -> std::io::Result<()> {
+    /// Writes `line` (with its newline) `times` times; returns where they land and their length.
+    fn write(&mut self, line: &[u8], times: usize) -> std::io::Result<(u64, u32)> {
+        self.flush()?;
+        for _ in 0..times {
+            self.out.write_all(line)?;
+        }
+        let (at, len) = (self.pos, (line.len() * times) as u64);
+        self.pos += len;
+        Ok((at, len as u32))
+    }
+
+    /// Writes one line that `f` renders (without its newline); returns where it lands and its
+    /// length.
+    fn render(
+        &mut self,
+        f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> std::io::Result<(u64, u32)> {
+        struct Counted<'w>(&'w mut dyn Write, u64);
+        impl Write for Counted<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let n = self.0.write(buf)?;
+                self.1 += n as u64;
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.0.flush()
+            }
+        }
+        self.flush()?;
+        let mut out = Counted(&mut *self.out, 0);
+        f(&mut out)?;
+        out.write_all(b"\n")?;
+        let (at, len) = (self.pos, out.1);
+        self.pos += len;
+        Ok((at, len as u32))
+    }
+
+    /// Writes the pending copy.
+    fn flush(&mut self) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        if let Some((start, end)) = self.pending.take() {
+        if let (Some((start, end)), Some(from)) = (self.pending.take(), &self.from) {
             self.buf.resize((end - start) as usize, 0);
-            self.from.read_exact_at(&mut self.buf, start)?;
-            w.write_all(&self.buf)?;
+            from.read_exact_at(&mut self.buf, start)?;
+            self.out.write_all(&self.buf)?;
         }
         Ok(())
     }
@@ -1154,11 +1217,14 @@ impl DatasetFiles {
         touched.dedup();
         // A shard's file is indexed before its rows change (the index pairs its lines with
         // the rows it holds).
-        let hit: BTreeSet<u32> = net
-            .iter()
-            .map(|((_, row), _)| shard_of(row.question.hash, self.shard_count))
-            .filter(|s| self.unindexed.contains(s))
-            .collect();
+        let hit: BTreeSet<u32> = if self.unindexed.is_empty() {
+            BTreeSet::new()
+        } else {
+            net.iter()
+                .map(|((_, row), _)| shard_of(row.question.hash, self.shard_count))
+                .filter(|s| self.unindexed.contains(s))
+                .collect()
+        };
         for shard in hit {
             self.unindexed.remove(&shard);
             let path = self.dirs.dataset().join(shard_file_name(shard, "jsonl"));
@@ -1242,60 +1308,45 @@ impl DatasetFiles {
         }
         let rows = self.shards[&shard].len() as u64;
         let all: Vec<&Row> = self.shards[&shard].values().collect();
-        // The old file and its index, when the shard can be spliced.
+        // The old file and its index, when the shard can be spliced (JSONL only).
+        let splicing = self.format == SinkFormat::Jsonl;
         let old_lines = self.lines.remove(&shard).unwrap_or_default();
-        let old_file = match (&jsonl_out, parquet_out.is_none(), old_lines.is_empty()) {
-            (Some((name, _, _)), true, false) => std::fs::File::open(dataset.join(name)).ok(),
-            _ => None,
-        };
-        let mut splice = old_file.as_ref().map(|from| Splice {
-            from,
-            pending: None,
-            buf: Vec::new(),
+        let mut index: LineIndex = Vec::new();
+        let mut jsonl = jsonl_out.as_mut().map(|(name, _, w)| {
+            let from = (splicing && !old_lines.is_empty())
+                .then(|| std::fs::File::open(dataset.join(&*name)).ok())
+                .flatten();
+            LineWriter::new(w, from)
         });
         let mut old_at = 0;
-        let mut index: LineIndex = Vec::new();
         for chunk in all.chunks(SHARD_CHUNK_ROWS) {
-            if let Some((_, _, w)) = jsonl_out.as_mut() {
+            if let Some(w) = jsonl.as_mut() {
                 for r in chunk {
-                    let kept = match splice.as_mut() {
-                        Some(_) if touched.binary_search(&r.key).is_ok() => None,
-                        Some(sp) => {
-                            while old_at < old_lines.len() && old_lines[old_at].0 < r.key {
-                                old_at += 1;
-                            }
-                            old_lines
-                                .get(old_at)
-                                .filter(|(k, _, _)| *k == r.key)
-                                .map(|&(_, offset, len)| (sp, offset, len))
+                    let kept = if w.copies() && touched.binary_search(&r.key).is_err() {
+                        while old_at < old_lines.len() && old_lines[old_at].0 < r.key {
+                            old_at += 1;
                         }
-                        None => None,
+                        old_lines.get(old_at).filter(|(k, _, _)| *k == r.key)
+                    } else {
+                        None
                     };
-                    let len = match kept {
-                        Some((sp, offset, len)) => {
-                            sp.copy(offset, len, w)?;
+                    let (at, len) = match kept {
+                        Some(&(_, offset, len)) => {
                             self.spliced += 1;
-                            len
+                            (w.copy(offset, len)?, len)
                         }
                         None => {
-                            if let Some(sp) = splice.as_mut() {
-                                sp.flush(w)?;
-                            }
-                            let before = w.bytes;
                             self.rendered += 1;
-                            self.naming.write_row(r, w)?;
-                            w.write_all(b"\n")?;
-                            (w.bytes - before) as u32
+                            w.render(|out| self.naming.write_row(r, out))?
                         }
                     };
-                    if parquet_out.is_none() {
-                        let at = index.last().map(|&(_, o, l)| o + l as u64).unwrap_or(0);
+                    if splicing {
                         index.push((r.key, at, len));
                     }
                 }
             }
             if let Some((_, _, w)) = parquet_out.as_mut() {
-                if jsonl_out.is_none() {
+                if jsonl.is_none() {
                     self.rendered += chunk.len() as u64;
                 }
                 let values: Vec<Value> = chunk.iter().map(|r| self.naming.render_row(r)).collect();
@@ -1303,10 +1354,9 @@ impl DatasetFiles {
                     .map_err(std::io::Error::other)?;
             }
         }
-        if let (Some(sp), Some((_, _, w))) = (splice.as_mut(), jsonl_out.as_mut()) {
-            sp.flush(w)?;
+        if let Some(mut w) = jsonl {
+            w.flush()?;
         }
-        drop(splice);
         let mut written: Vec<(String, PathBuf, Hashing<std::io::BufWriter<std::fs::File>>)> =
             Vec::new();
         if let Some((name, tmp, w)) = jsonl_out {
@@ -1352,7 +1402,7 @@ impl DatasetFiles {
             self.write_fragment(&entry)?;
         }
         self.entries.insert(shard, entry);
-        if self.format == SinkFormat::Jsonl {
+        if splicing {
             self.lines.insert(shard, index);
         }
         Ok(wrote)
@@ -1762,45 +1812,22 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
             // Streamed to a temporary file (a group can hold millions of records).
             let (tmp, w) = temp_writer(&path)?;
             let mut w = Hashing::new(w);
-            let old = if table.values().any(|h| h.len > 0) {
-                std::fs::File::open(&path).ok()
-            } else {
-                None
-            };
-            let mut splice = old.as_ref().map(|from| Splice {
-                from,
-                pending: None,
-                buf: Vec::new(),
-            });
-            let mut line = Vec::new();
-            let mut pos = 0u64;
-            for (t, held) in table.iter_mut() {
-                match splice.as_mut().filter(|_| held.len > 0) {
-                    Some(sp) => {
-                        sp.copy(held.at, held.len, &mut w)?;
+            {
+                let mut lines = LineWriter::new(&mut w, std::fs::File::open(&path).ok());
+                let mut line = Vec::new();
+                for (t, held) in table.iter_mut() {
+                    (held.at, held.len) = if held.len > 0 && lines.copies() {
                         self.spliced += 1;
-                    }
-                    None => {
-                        if let Some(sp) = splice.as_mut() {
-                            sp.flush(&mut w)?;
-                        }
+                        (lines.copy(held.at, held.len)?, held.len)
+                    } else {
                         line.clear();
                         render(t, &mut line)?;
                         line.push(b'\n');
-                        for _ in 0..held.count.max(0) {
-                            w.write_all(&line)?;
-                        }
-                        held.len = (line.len() * held.count.max(0) as usize) as u32;
-                    }
+                        lines.write(&line, held.count.max(0) as usize)?
+                    };
                 }
-                // Where the record's lines are in the new file.
-                held.at = pos;
-                pos += held.len as u64;
+                lines.flush()?;
             }
-            if let Some(sp) = splice.as_mut() {
-                sp.flush(&mut w)?;
-            }
-            drop(splice);
             w.flush()?;
             let len = w.bytes;
             commit_temp(&tmp, w.inner, &path)?;

@@ -369,14 +369,7 @@ fn answer_decontaminate<'s>(
             let text = crate::teachers::answer_text(&row.answer, &s2).unwrap_or_default();
             let tref = hash::text_ref(&text);
             s2.texts.put_with_key(tref, &text);
-            (
-                id,
-                Question {
-                    id,
-                    text: tref,
-                    ..row.question
-                },
-            )
+            (id, tref)
         });
     let texts: Arc<dyn thoughtflow_operators::text::TextLookup> = store.texts.clone();
     let matches = decontam::ngram_matches(pseudo, items, config, texts, Some(memo));
@@ -690,13 +683,14 @@ pub fn build(
                         store.texts.clone();
                     let hooks =
                         crate::memo::hooks(&memo_dir, &format!("q{}", sid.0), index, peers, &memo);
-                    let m = decontam::ngram_matches(
-                        q.clone(),
-                        items,
-                        config.clone(),
-                        texts,
-                        Some(hooks),
-                    );
+                    // One read of the questions: they go on to the verdicts, their text
+                    // references to the matcher.
+                    let (q, pairs) =
+                        thoughtflow_operators::split::fork(q, "decontaminate", |(id, q)| {
+                            Some((*id, q.text))
+                        });
+                    let m =
+                        decontam::ngram_matches(pairs, items, config.clone(), texts, Some(hooks));
                     matches_all.push(m.clone());
                     decontam::apply_matches(sid, q, m, arranged)
                 }
@@ -888,6 +882,7 @@ pub fn build(
         let mut table =
             (index == last).then(|| AuditTable::new(dirs.rejections(), naming.context_digest()));
         let n2 = naming.clone();
+        let step_name = naming.step_namer();
         let errors = Rc::clone(&sink_errors);
         first_epoch_unary(
             all_rejections,
@@ -897,7 +892,7 @@ pub fn build(
                 let Some(table) = table.as_mut() else { return };
                 if let Err(e) = table.epoch(
                     updates,
-                    |r| n2.step_name(r.step),
+                    |r| step_name(r.step),
                     |r, w| n2.write_rejection(r, w),
                 ) {
                     errors.borrow_mut().push(format!("writing rejections: {e}"));
@@ -923,7 +918,7 @@ pub fn build(
                 let Some(table) = table.as_mut() else { return };
                 if let Err(e) = table.epoch(
                     updates,
-                    |_| "matches".to_string(),
+                    |_| "matches",
                     |m, w| serde_json::to_writer(w, &n3.render_match(m)).map_err(Into::into),
                 ) {
                     errors

@@ -389,6 +389,25 @@ impl Naming {
         }
     }
 
+    /// [`Naming::step_name`] for a sink that names every record it gets: the names are made
+    /// once, and each call hands out a shared one.
+    pub fn step_namer(&self) -> impl Fn(StepId) -> Arc<str> + 'static {
+        let ingest: Arc<str> = Arc::from(self.step_name(StepId::INGEST));
+        let named: Vec<Arc<str>> = (0..self.steps.len())
+            .map(|i| Arc::from(self.step_name(StepId(i as u16))))
+            .collect();
+        move |step| {
+            if step == StepId::INGEST {
+                Arc::clone(&ingest)
+            } else {
+                match named.get(step.0 as usize) {
+                    Some(n) => Arc::clone(n),
+                    None => Arc::from(format!("step{}", step.0)),
+                }
+            }
+        }
+    }
+
     /// A digest of the names rendering uses besides the store's (steps, teachers): audit
     /// files rendered under another digest are rewritten.
     pub fn context_digest(&self) -> u128 {
@@ -1734,10 +1753,10 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
     /// (at the first epoch, for groups whose file does not hold them already). A rewrite copies
     /// the lines of the records the epoch did not change from the file in place and renders
     /// the others.
-    pub fn epoch(
+    pub fn epoch<G: AsRef<str>>(
         &mut self,
         updates: Vec<(T, isize)>,
-        group: impl Fn(&T) -> String,
+        group: impl Fn(&T) -> G,
         render: impl Fn(&T, &mut dyn Write) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         // A group's file is read for its lines before its records change.
@@ -1745,24 +1764,45 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
             let hit: BTreeSet<String> = updates
                 .iter()
                 .map(|(t, _)| group(t))
-                .filter(|g| self.unindexed.contains(g))
+                .filter(|g| self.unindexed.contains(g.as_ref()))
+                .map(|g| g.as_ref().to_string())
                 .collect();
             for g in hit {
                 self.unindexed.remove(&g);
                 self.index_group(&g)?;
             }
         }
-        let mut changed = BTreeSet::new();
+        let mut changed: BTreeSet<String> = BTreeSet::new();
         for (t, d) in updates {
             let g = group(&t);
-            let table = self.groups.entry(g.clone()).or_default();
-            let held = table.entry(t.clone()).or_default();
-            held.count += d as i32;
-            held.len = 0;
-            if held.count == 0 {
-                table.remove(&t);
+            let g = g.as_ref();
+            if !self.groups.contains_key(g) {
+                self.groups.insert(g.to_string(), BTreeMap::new());
             }
-            changed.insert(g);
+            let table = self.groups.get_mut(g).expect("just made");
+            match table.get_mut(&t) {
+                Some(held) => {
+                    held.count += d as i32;
+                    held.len = 0;
+                    if held.count == 0 {
+                        table.remove(&t);
+                    }
+                }
+                None if d != 0 => {
+                    table.insert(
+                        t,
+                        Held {
+                            count: d as i32,
+                            len: 0,
+                            at: 0,
+                        },
+                    );
+                }
+                None => {}
+            }
+            if !changed.contains(g) {
+                changed.insert(g.to_string());
+            }
         }
         let first = self.written.is_none();
         let mut written = match self.written.take() {

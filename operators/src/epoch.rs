@@ -216,6 +216,27 @@ where
     epoch_unary_from(input, pact, name, true, logic)
 }
 
+/// Like [`epoch_unary`], for steps whose input and output are as large as the data: `logic`
+/// gets the epoch's batches as they arrived (no flattened copy; it may read them more than
+/// once) and emits each output update into the output at once (no buffer of the epoch's
+/// output beside the channel's).
+pub fn epoch_unary_batches<'s, D, O, P, L>(
+    input: VecCollection<'s, Epoch, D>,
+    pact: P,
+    name: &str,
+    mut logic: L,
+) -> VecCollection<'s, Epoch, O>
+where
+    D: Clone + 'static,
+    O: Clone + 'static,
+    P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
+    L: FnMut(Epoch, &[Vec<(D, Epoch, isize)>], &mut dyn FnMut(O, isize)) + 'static,
+{
+    epoch_core(input, pact, name, false, move |t, stash, emit| {
+        logic(t, &stash.batches, emit)
+    })
+}
+
 fn epoch_unary_from<'s, D, O, P, L>(
     input: VecCollection<'s, Epoch, D>,
     pact: P,
@@ -229,12 +250,37 @@ where
     P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
     L: FnMut(Epoch, Updates<D>, &mut Vec<(O, isize)>) + 'static,
 {
+    let mut produced = Vec::new();
+    epoch_core(input, pact, name, always_first, move |t, stash, emit| {
+        produced.clear();
+        logic(t, stash.into_updates(), &mut produced);
+        for (o, d) in produced.drain(..) {
+            emit(o, d);
+        }
+    })
+}
+
+/// The one-input epoch operator: stashes each epoch's batches and hands them to `handle`,
+/// epoch by epoch, once the frontier has passed (with `always_first`, the first epoch too when
+/// it has no updates); what `handle` emits goes out at that epoch.
+fn epoch_core<'s, D, O, P, H>(
+    input: VecCollection<'s, Epoch, D>,
+    pact: P,
+    name: &str,
+    always_first: bool,
+    mut handle: H,
+) -> VecCollection<'s, Epoch, O>
+where
+    D: Clone + 'static,
+    O: Clone + 'static,
+    P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
+    H: FnMut(Epoch, Stash<D>, &mut dyn FnMut(O, isize)) + 'static,
+{
     input
         .inner
         .unary_frontier(pact, name, move |cap, _info| {
             let mut first: Option<Capability<Epoch>> = always_first.then_some(cap);
             let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Stash<D>)> = BTreeMap::new();
-            let mut produced = Vec::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     stash_batch(
@@ -256,15 +302,9 @@ where
                     if frontier.less_equal(&t) {
                         break;
                     }
-                    let (_, (cap, updates)) = pending.pop_first().expect("just peeked");
-                    produced.clear();
-                    logic(t, updates.into_updates(), &mut produced);
-                    if !produced.is_empty() {
-                        let mut session = output.session(&cap);
-                        for (o, d) in produced.drain(..) {
-                            session.give((o, t, d));
-                        }
-                    }
+                    let (_, (cap, stash)) = pending.pop_first().expect("just peeked");
+                    let mut session = output.session(&cap);
+                    handle(t, stash, &mut |o, r| session.give((o, t, r)));
                 }
             }
         })

@@ -13,11 +13,13 @@
 //! - [`tokenize`]: Hugging Face tokenizers for token n-grams.
 //! - [`epoch`]: the operator shape for steps that keep their own per-epoch state.
 //! - [`upsert`]: the ingest's keyed upserts, arranged by key.
+//! - [`split`]: one read of a stream that two consumers would otherwise copy.
 
 pub mod epoch;
 pub mod fuzzy;
 pub mod hash;
 pub mod record;
+pub mod split;
 pub mod steps;
 pub mod testing;
 pub mod text;

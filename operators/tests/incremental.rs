@@ -266,7 +266,7 @@ impl Build<DIn, Out> for Decontam {
         });
         let (questions, items) = split_decontam(input);
         let matches = decontam::ngram_matches(
-            questions.clone(),
+            questions.clone().map(|(id, q)| (id, q.text)),
             items,
             self.cfg.clone(),
             self.texts.clone(),
@@ -682,8 +682,14 @@ impl Build<DIn, Out> for MemoRun {
             save: Box::new(move |t| saved.lock().unwrap().push(t)),
         };
         let texts: Arc<dyn thoughtflow_operators::text::TextLookup> = self.texts.clone();
-        decontam::ngram_matches(questions, items, self.cfg.clone(), texts, Some(memo))
-            .map(Out::Match)
+        decontam::ngram_matches(
+            questions.map(|(id, q)| (id, q.text)),
+            items,
+            self.cfg.clone(),
+            texts,
+            Some(memo),
+        )
+        .map(Out::Match)
     }
 }
 

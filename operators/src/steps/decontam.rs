@@ -587,20 +587,20 @@ pub fn index_digest<'a>(
 
 /// Finds the n-gram matches between questions and benchmark items, incrementally.
 ///
-/// `texts` must hold the text of every question that arrives (the runtime stores it before the
+/// `questions` are `(id, text)` pairs (a question's id and where its text is stored). `texts`
+/// must hold the text of every question that arrives (the runtime stores it before the
 /// question enters the dataflow).
 ///
 /// With `memo`, a question whose text has a verdict under the current index (from an earlier
 /// run) takes it instead of being matched, and when the inputs end the operator hands its
 /// verdicts to `memo.save`.
 pub fn ngram_matches<'s>(
-    questions: VecCollection<'s, Epoch, (QuestionId, Question)>,
+    pairs: VecCollection<'s, Epoch, (QuestionId, TextRef)>,
     benchmarks: VecCollection<'s, Epoch, BenchItem>,
     cfg: DecontamConfig,
     texts: Arc<dyn TextLookup>,
     memo: Option<MemoHooks>,
 ) -> VecCollection<'s, Epoch, Match> {
-    let pairs = questions.map(|(qid, q)| (qid, q.text));
     let broadcast = benchmarks.inner.broadcast();
     let (previous, save) = match memo {
         Some(m) => (Some(m.previous), Some(m.save)),

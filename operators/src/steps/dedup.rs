@@ -5,14 +5,24 @@
 //! stable xxh3 of source and id). The winner passes; every other member is rejected
 //! (`duplicate`, detail = the winner's id).
 //!
-//! **Incrementally.** A differential `reduce` per content hash. When the winner is retracted,
-//! the next member takes its place and its rejection is retracted. State: one ~40-byte entry
-//! per live question, grouped by hash; a change costs only its group.
+//! **Incrementally.** Questions go to a worker by content hash; each worker keeps its groups
+//! (hash -> members) in a hash map and, per epoch, judges every touched group before and after
+//! the epoch's updates and emits the difference. When the winner is retracted, the next member
+//! takes its place and its rejection is retracted. A change costs only its group, and a build
+//! or a replay costs one hash-map insert per question (no sorted arrangement of the questions,
+//! no semijoin arranging them again).
 
-use crate::record::{Detail, Epoch, Question, QuestionId, Reason, Rejection, StepId, Subject};
+use crate::epoch::epoch_unary_batches;
+use crate::hash::FastMap as HashMap;
+use crate::record::{
+    ContentHash, Detail, Epoch, Question, QuestionId, Reason, Rejection, StepId, Subject,
+};
+use crate::split::split;
 use crate::steps::StepOutput;
 use differential_dataflow::VecCollection;
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
+use timely::dataflow::channels::pact::Exchange;
 
 /// The winner order: smaller wins.
 pub fn winner_key(q: &Question) -> (u32, QuestionId) {
@@ -24,30 +34,97 @@ pub fn dedup_exact<'s>(
     step: StepId,
     questions: VecCollection<'s, Epoch, (QuestionId, Question)>,
 ) -> StepOutput<'s> {
-    // For every member: (member, winner of its group).
-    let verdicts = questions
-        .clone()
-        .map(|(_, q)| (q.hash, winner_key(&q)))
-        .reduce(|_hash, members, output| {
-            let winner = (members[0].0).1;
-            for ((_, id), _count) in members {
-                output.push(((*id, winner), 1));
+    let mut groups: HashMap<ContentHash, Group> = HashMap::default();
+    let verdicts = epoch_unary_batches(
+        questions,
+        Exchange::new(|u: &((QuestionId, Question), Epoch, isize)| (u.0).1.hash.0 as u64),
+        "Dedup",
+        move |epoch, batches, emit| {
+            groups.reserve(batches.iter().map(Vec::len).sum());
+            // The groups this epoch touches, and the verdicts of those that had members before
+            // it (taken when the group is first touched); the updates go straight in.
+            let mut touched: Vec<ContentHash> = Vec::new();
+            let mut before: HashMap<ContentHash, Vec<(Verdict, isize)>> = HashMap::default();
+            for ((_, q), r) in batches.iter().flatten().map(|(d, _, r)| (d, *r)) {
+                let group = groups.entry(q.hash).or_insert_with(|| Group {
+                    touched: None,
+                    members: SmallVec::new(),
+                });
+                if group.touched != Some(epoch) {
+                    group.touched = Some(epoch);
+                    touched.push(q.hash);
+                    if !group.members.is_empty() {
+                        let mut v = Vec::new();
+                        verdicts(step, &group.members, &mut v);
+                        before.insert(q.hash, v);
+                    }
+                }
+                match group.members.iter_mut().find(|(m, _)| m == q) {
+                    Some(slot) => slot.1 += r,
+                    None => group.members.push((q.clone(), r)),
+                }
             }
-        })
-        .map(|(_hash, (member, winner))| (member, winner));
-    let passed = questions.semijoin(verdicts.clone().filter(|(m, w)| m == w).map(|(m, _)| m));
-    let rejected = verdicts
-        .filter(|(m, w)| m != w)
-        .map(move |(member, winner)| Rejection {
-            subject: Subject::Question(member),
-            step,
-            reason: Reason::Duplicate,
-            detail: Detail::DuplicateOf(winner),
-        });
+            let mut after = Vec::new();
+            for hash in touched {
+                let group = groups.get_mut(&hash).expect("touched");
+                group.members.retain(|(_, c)| *c != 0);
+                after.clear();
+                verdicts(step, &group.members, &mut after);
+                if group.members.is_empty() {
+                    groups.remove(&hash);
+                }
+                if let Some(was) = before.remove(&hash) {
+                    after.extend(was.into_iter().map(|(v, r)| (v, -r)));
+                    differential_dataflow::consolidation::consolidate(&mut after);
+                }
+                for (v, r) in after.drain(..) {
+                    emit(v, r);
+                }
+            }
+        },
+    );
+    let (passed, rejected) = split(verdicts, "dedup", |v| v);
     StepOutput { passed, rejected }
 }
 
-/// Batch reference for [`dedup_exact`].
+/// The questions of one content hash, and the last epoch that touched them.
+struct Group {
+    touched: Option<Epoch>,
+    members: SmallVec<[(Question, isize); 1]>,
+}
+
+/// What a group's members become: the winner's questions pass, every other member is rejected.
+type Verdict = Result<(QuestionId, Question), Rejection>;
+
+/// The verdicts of one group of questions with equal content hash (members with their counts).
+fn verdicts(step: StepId, members: &[(Question, isize)], out: &mut Vec<(Verdict, isize)>) {
+    let Some(winner) = members.iter().map(|(q, _)| winner_key(q)).min() else {
+        return;
+    };
+    let mut losers: Vec<QuestionId> = Vec::new();
+    for (q, c) in members {
+        if winner_key(q) == winner {
+            out.push((Ok((q.id, q.clone())), *c));
+        } else {
+            losers.push(q.id);
+        }
+    }
+    // One rejection per distinct member, whatever its multiplicity.
+    losers.sort();
+    losers.dedup();
+    for member in losers {
+        out.push((
+            Err(Rejection {
+                subject: Subject::Question(member),
+                step,
+                reason: Reason::Duplicate,
+                detail: Detail::DuplicateOf(winner.1),
+            }),
+            1,
+        ));
+    }
+}
+
 pub fn reference(step: StepId, questions: &[Question]) -> (Vec<Question>, Vec<Rejection>) {
     let mut groups: BTreeMap<_, Vec<&Question>> = BTreeMap::new();
     for q in questions {

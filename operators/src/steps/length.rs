@@ -9,6 +9,7 @@
 //! exactly the verdict it caused. No state, at any scale.
 
 use crate::record::{Detail, Epoch, Question, QuestionId, Reason, Rejection, StepId, Subject};
+use crate::split::split;
 use crate::steps::StepOutput;
 use differential_dataflow::VecCollection;
 
@@ -30,9 +31,11 @@ pub fn length_guard<'s>(
     questions: VecCollection<'s, Epoch, (QuestionId, Question)>,
     max_tokens: u32,
 ) -> StepOutput<'s> {
-    let rejected = questions
-        .clone()
-        .flat_map(move |(_, q)| verdict(step, &q, max_tokens));
-    let passed = questions.filter(move |(_, q)| verdict(step, q, max_tokens).is_none());
+    let (passed, rejected) = split(questions, "length_guard", move |(id, q)| {
+        match verdict(step, &q, max_tokens) {
+            None => Ok((id, q)),
+            Some(r) => Err(r),
+        }
+    });
     StepOutput { passed, rejected }
 }

@@ -44,11 +44,13 @@ pub fn scoped<'s>(
     match domains {
         None => step(questions),
         Some(domains) => {
-            let d2 = domains.clone();
-            let inside = questions
-                .clone()
-                .filter(move |(_, q)| domains.contains(&q.domain));
-            let bypass = questions.filter(move |(_, q)| !d2.contains(&q.domain));
+            let (inside, bypass) = crate::split::split(questions, "scope", move |(id, q)| {
+                if domains.contains(&q.domain) {
+                    Ok((id, q))
+                } else {
+                    Err((id, q))
+                }
+            });
             let out = step(inside);
             StepOutput {
                 passed: out.passed.concat(bypass),

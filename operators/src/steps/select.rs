@@ -11,20 +11,26 @@
 //!
 //! Questions without a score are rejected (`no_score`) by `threshold` and `top_n`.
 //!
-//! **Incrementally.** `threshold` is stateless. `top_n` and `sample` are a differential
-//! `reduce` per group: state is one ~40-byte entry per live question of the group, and a change
-//! re-ranks only its group (cost linear in the group, paid once per epoch, not per update).
+//! **Incrementally.** `threshold` is stateless. `top_n` and `sample` run in two rounds of an
+//! epoch operator: each worker keeps its share of every group (by question id) in rank order
+//! and selects its local top n; the group's worker selects the top n of those. Per epoch, a
+//! touched group's selection is recomputed from its first n members (cost linear in n, once
+//! per epoch) and only the verdicts that changed are emitted. A build or a replay costs one
+//! ordered-map insert per question, spread over every worker.
 
+use crate::epoch::epoch_unary_batches;
 use crate::record::{
     ContentHash, Detail, Domain, Epoch, Question, QuestionId, Reason, Rejection, SourceId, StepId,
     Subject,
 };
+use crate::split::split;
 use crate::steps::StepOutput;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use timely::dataflow::channels::pact::{Exchange, ParallelizationContract};
 
 /// What a selection ranks within.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -128,14 +134,12 @@ fn no_score(step: StepId, id: QuestionId) -> Rejection {
     }
 }
 
-fn not_selected(step: StepId, q: &Question) -> Rejection {
+fn not_selected(step: StepId, id: QuestionId, score: i64) -> Rejection {
     Rejection {
-        subject: Subject::Question(q.id),
+        subject: Subject::Question(id),
         step,
         reason: Reason::NotSelected,
-        detail: Detail::Rank {
-            score: q.score.unwrap_or(0),
-        },
+        detail: Detail::Rank { score },
     }
 }
 
@@ -147,46 +151,175 @@ pub fn select<'s>(
 ) -> StepOutput<'s> {
     match selection {
         Selection::Threshold { min, max } => {
-            let rejected = questions
-                .clone()
-                .flat_map(move |(_, q)| threshold_verdict(step, &q, min, max));
-            let passed =
-                questions.filter(move |(_, q)| threshold_verdict(step, q, min, max).is_none());
+            let (passed, rejected) =
+                split(questions, "select", move |(id, q)| match threshold_verdict(
+                    step, &q, min, max,
+                ) {
+                    None => Ok((id, q)),
+                    Some(r) => Err(r),
+                });
             StepOutput { passed, rejected }
         }
         Selection::TopN { per, ref n } | Selection::Sample { per, ref n } => {
-            let needs_score = matches!(selection, Selection::TopN { .. });
-            let (scored, unscored) = if needs_score {
-                (
-                    questions.clone().filter(|(_, q)| q.score.is_some()),
-                    Some(questions.clone().filter(|(_, q)| q.score.is_none())),
-                )
+            // Each stream below is read by one operator: a second reader would make timely copy
+            // every update for it (the scored questions are most of the input).
+            let (scored, unscored) = if matches!(selection, Selection::TopN { .. }) {
+                let (scored, unscored) = split(questions, "select", move |(id, q)| {
+                    if q.score.is_some() {
+                        Ok((id, q))
+                    } else {
+                        Err(no_score(step, id))
+                    }
+                });
+                (scored, Some(unscored))
             } else {
-                (questions.clone(), None)
+                (questions, None)
             };
             let sizes = Arc::new(n.clone());
             let rule = Arc::new(selection.clone());
-            let selected = scored
-                .clone()
-                .map(move |(_, q)| (per.key(&q), rank(&rule, &q)))
-                .reduce(move |group, ranks, output| {
-                    let keep = sizes.get(group) as usize;
-                    for (r, _count) in ranks.iter().take(keep) {
-                        output.push((r.2, 1));
-                    }
-                })
-                .map(|(_group, id)| id);
-            let passed = scored.clone().semijoin(selected);
-            // Every other scored question (an antijoin would arrange them all a second time).
-            let mut rejected = scored
-                .concat(passed.clone().negate())
-                .map(move |(_, q)| not_selected(step, &q));
+            // Two rounds of the same top-n: each worker first ranks its own share of each group
+            // (by question id), then the group's worker ranks the union of those local
+            // selections. The global top n is within that union, and what a worker does not
+            // select locally is not selected at all: both rounds' rejections together are
+            // exactly the questions not selected. The first round spreads the work of a large
+            // group over every worker.
+            let local = top_n(
+                scored,
+                Exchange::new(|u: &((QuestionId, Question), Epoch, isize)| (u.0).0 .0),
+                "SelectLocal",
+                step,
+                per,
+                Arc::clone(&sizes),
+                Arc::clone(&rule),
+            );
+            let (local_passed, local_rejected) = split(local, "select", |v| v);
+            let global = top_n(
+                local_passed,
+                Exchange::new(move |u: &((QuestionId, Question), Epoch, isize)| {
+                    group_route(per.key(&(u.0).1))
+                }),
+                "SelectGlobal",
+                step,
+                per,
+                sizes,
+                rule,
+            );
+            let (passed, global_rejected) = split(global, "select", |v| v);
+            let mut rejected = local_rejected.concat(global_rejected);
             if let Some(unscored) = unscored {
-                rejected = rejected.concat(unscored.map(move |(id, _)| no_score(step, id)));
+                rejected = rejected.concat(unscored);
             }
             StepOutput { passed, rejected }
         }
     }
+}
+
+/// A selection's verdict on one question: selected (it passes) or rejected.
+type Verdict = Result<(QuestionId, Question), Rejection>;
+
+/// Where a group's second round runs.
+fn group_route(key: GroupKey) -> u64 {
+    match key {
+        GroupKey::All => 0,
+        GroupKey::Source(s) => s.0,
+        GroupKey::Domain(d) => d as u64,
+    }
+}
+
+/// One group's members, in rank order, with the ones currently selected.
+#[derive(Default)]
+struct Ranked {
+    members: BTreeMap<(Rank, Question), isize>,
+    selected: BTreeSet<(Rank, Question)>,
+}
+
+/// Top-n per group as an epoch operator: per epoch, the updates go into their groups' members,
+/// each touched group's first `n` is recomputed and compared with the ones selected before, and
+/// the verdicts that changed are emitted as differences: an update of a member whose verdict
+/// stayed emits that verdict with the update's diff; a member that entered or left the
+/// selection retracts its old verdict and asserts its new one.
+fn top_n<'s, P>(
+    questions: VecCollection<'s, Epoch, (QuestionId, Question)>,
+    pact: P,
+    name: &str,
+    step: StepId,
+    per: GroupBy,
+    sizes: Arc<GroupSizes>,
+    rule: Arc<Selection>,
+) -> VecCollection<'s, Epoch, Verdict>
+where
+    P: ParallelizationContract<Epoch, Vec<((QuestionId, Question), Epoch, isize)>>,
+{
+    let mut groups: BTreeMap<GroupKey, Ranked> = BTreeMap::new();
+    epoch_unary_batches(questions, pact, name, move |_epoch, batches, emit| {
+        let updates = || batches.iter().flatten().map(|((_, q), _, r)| (q, *r));
+        // First pass: the counts go into the groups.
+        let mut touched: BTreeSet<GroupKey> = BTreeSet::new();
+        for (q, r) in updates() {
+            let key = per.key(q);
+            touched.insert(key);
+            let members = &mut groups.entry(key).or_default().members;
+            let m = (rank(&rule, q), q.clone());
+            let c = members.entry(m).or_insert(0);
+            *c += r;
+            if *c == 0 {
+                members.remove(&(rank(&rule, q), q.clone()));
+            }
+        }
+        // Each touched group's new selection; the members that entered or left it.
+        let mut moved: BTreeMap<GroupKey, BTreeMap<(Rank, Question), isize>> = BTreeMap::new();
+        let mut was_selected: BTreeMap<GroupKey, BTreeSet<(Rank, Question)>> = BTreeMap::new();
+        for key in &touched {
+            let group = groups.get_mut(key).expect("touched");
+            let keep = sizes.get(key) as usize;
+            let now: BTreeSet<(Rank, Question)> =
+                group.members.keys().take(keep).cloned().collect();
+            let changed: BTreeMap<(Rank, Question), isize> = now
+                .symmetric_difference(&group.selected)
+                .map(|m| (m.clone(), 0))
+                .collect();
+            moved.insert(*key, changed);
+            was_selected.insert(*key, std::mem::replace(&mut group.selected, now));
+        }
+        let verdict = |m: &(Rank, Question), selected: bool| -> Verdict {
+            if selected {
+                Ok((m.1.id, m.1.clone()))
+            } else {
+                Err(not_selected(step, m.1.id, m.1.score.unwrap_or(0)))
+            }
+        };
+        // Second pass: an update of a member whose verdict stayed is that verdict's change;
+        // the members that moved are settled from their counts before and after.
+        for (q, r) in updates() {
+            let key = per.key(q);
+            let m = (rank(&rule, q), q.clone());
+            if let Some(delta) = moved.get_mut(&key).and_then(|c| c.get_mut(&m)) {
+                *delta += r;
+            } else {
+                let selected = groups.get(&key).is_some_and(|g| g.selected.contains(&m));
+                emit(verdict(&m, selected), r);
+            }
+        }
+        for (key, members) in moved {
+            let group = groups.get(&key).expect("touched");
+            let was = &was_selected[&key];
+            for (m, delta) in members {
+                let after = group.members.get(&m).copied().unwrap_or(0);
+                let before = after - delta;
+                if before != 0 {
+                    emit(verdict(&m, was.contains(&m)), -before);
+                }
+                if after != 0 {
+                    emit(verdict(&m, group.selected.contains(&m)), after);
+                }
+            }
+        }
+        for key in touched {
+            if groups.get(&key).is_some_and(|g| g.members.is_empty()) {
+                groups.remove(&key);
+            }
+        }
+    })
 }
 
 /// Batch reference: the questions that pass, and the rejections, for accumulated `questions`.
@@ -222,7 +355,7 @@ pub fn reference(
                     if i < keep {
                         passed.push(q.clone());
                     } else {
-                        rejected.push(not_selected(step, q));
+                        rejected.push(not_selected(step, q.id, q.score.unwrap_or(0)));
                     }
                 }
             }

@@ -95,17 +95,17 @@ pub fn describe(kind: &StepKind, recipe: &Recipe) -> String {
             max.map(|m| format!("score <= {m}")).unwrap_or_default()
         ),
         StepKind::Select(SelectSpec::TopN { per: p, n }) => format!(
-            "keep the top-N scores {} ({}); ties by content hash (reduce per group)",
+            "keep the top-N scores {} ({}); ties by content hash (each worker ranks its share, then the group's worker ranks theirs)",
             per(*p),
             sizes(n)
         ),
         StepKind::Select(SelectSpec::Sample { per: p, n }) => format!(
-            "keep a uniform sample {}: the N smallest content hashes ({}) (reduce per group)",
+            "keep a uniform sample {}: the N smallest content hashes ({}) (each worker ranks its share, then the group's worker ranks theirs)",
             per(*p),
             sizes(n)
         ),
         StepKind::Dedup { mode: DedupMode::Exact } => {
-            "keep one question per content hash; winner = min (source priority, question id) (reduce per hash)".into()
+            "keep one question per content hash; winner = min (source priority, question id) (groups by hash in a hash map, per worker)".into()
         }
         StepKind::Dedup { mode: DedupMode::None } => "no dedup (pass-through)".into(),
         StepKind::Dedup { mode: DedupMode::Near(c) } => format!(

@@ -290,10 +290,21 @@ where
         };
         // Second pass: an update of a member whose verdict stayed is that verdict's change;
         // the members that moved are settled from their counts before and after.
+        // Past the last member selected before or now, a member is rejected both times (most
+        // of a large group): no lookups.
+        let bounds: BTreeMap<GroupKey, Option<(Rank, Question)>> = touched
+            .iter()
+            .map(|key| {
+                let now = groups[key].selected.last();
+                (*key, now.max(was_selected[key].last()).cloned())
+            })
+            .collect();
         for (q, r) in updates() {
             let key = per.key(q);
             let m = (rank(&rule, q), q.clone());
-            if let Some(delta) = moved.get_mut(&key).and_then(|c| c.get_mut(&m)) {
+            if bounds[&key].as_ref().is_none_or(|b| m > *b) {
+                emit(verdict(&m, false), r);
+            } else if let Some(delta) = moved.get_mut(&key).and_then(|c| c.get_mut(&m)) {
                 *delta += r;
             } else {
                 let selected = groups.get(&key).is_some_and(|g| g.selected.contains(&m));

@@ -17,8 +17,7 @@ use crate::hash::FastMap as HashMap;
 use crate::record::{
     ContentHash, Detail, Epoch, Question, QuestionId, Reason, Rejection, StepId, Subject,
 };
-use crate::split::split;
-use crate::steps::StepOutput;
+use crate::steps::{StepOutput, Verdict};
 use differential_dataflow::VecCollection;
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
@@ -79,8 +78,7 @@ pub fn dedup_exact<'s>(
             }
         },
     );
-    let (passed, rejected) = split(verdicts, "dedup", |v| v);
-    StepOutput { passed, rejected }
+    StepOutput::from_verdicts(verdicts, "dedup")
 }
 
 /// The questions of one content hash, and the last epoch that touched them.
@@ -125,9 +123,6 @@ impl Groups {
         }
     }
 }
-
-/// What a group's members become: the winner's questions pass, every other member is rejected.
-type Verdict = Result<(QuestionId, Question), Rejection>;
 
 /// The verdicts of one group of questions with equal content hash (members with their counts).
 fn verdicts(step: StepId, members: &[(Question, isize)], out: &mut Vec<(Verdict, isize)>) {

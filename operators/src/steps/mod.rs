@@ -25,6 +25,17 @@ pub struct StepOutput<'s> {
     pub rejected: VecCollection<'s, Epoch, Rejection>,
 }
 
+/// A step's verdict on one question: it passes, or it is rejected.
+pub type Verdict = Result<(QuestionId, Question), Rejection>;
+
+impl<'s> StepOutput<'s> {
+    /// A step's output from a stream of verdicts (one read of it).
+    pub fn from_verdicts(verdicts: VecCollection<'s, Epoch, Verdict>, name: &str) -> Self {
+        let (passed, rejected) = crate::split::split(verdicts, name, |v| v);
+        StepOutput { passed, rejected }
+    }
+}
+
 /// Rows that passed a row step, and the rejections it made.
 pub struct RowOutput<'s> {
     pub passed: VecCollection<'s, Epoch, (RowKey, Row)>,

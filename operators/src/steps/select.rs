@@ -24,7 +24,7 @@ use crate::record::{
     Subject,
 };
 use crate::split::split;
-use crate::steps::StepOutput;
+use crate::steps::{StepOutput, Verdict};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
@@ -192,9 +192,9 @@ pub fn select<'s>(
                 Arc::clone(&sizes),
                 Arc::clone(&rule),
             );
-            let (local_passed, local_rejected) = split(local, "select", |v| v);
+            let local = StepOutput::from_verdicts(local, "select");
             let global = top_n(
-                local_passed,
+                local.passed,
                 Exchange::new(move |u: &((QuestionId, Question), Epoch, isize)| {
                     group_route(per.key(&(u.0).1))
                 }),
@@ -204,8 +204,8 @@ pub fn select<'s>(
                 sizes,
                 rule,
             );
-            let (passed, global_rejected) = split(global, "select", |v| v);
-            let mut rejected = local_rejected.concat(global_rejected);
+            let global = StepOutput::from_verdicts(global, "select");
+            let (passed, mut rejected) = (global.passed, local.rejected.concat(global.rejected));
             if let Some(unscored) = unscored {
                 rejected = rejected.concat(unscored);
             }
@@ -213,9 +213,6 @@ pub fn select<'s>(
         }
     }
 }
-
-/// A selection's verdict on one question: selected (it passes) or rejected.
-type Verdict = Result<(QuestionId, Question), Rejection>;
 
 /// Where a group's second round runs.
 fn group_route(key: GroupKey) -> u64 {

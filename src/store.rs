@@ -184,13 +184,18 @@ impl DiskTexts {
         Ok(())
     }
 
-    fn read(&self, at: u64, len: u32) -> Option<Arc<str>> {
+    /// Makes sure the bytes `[at, at + len)` are written through to the OS (so `pread` sees them).
+    fn ensure_flushed(&self, at: u64, len: u32) {
         if at + len as u64 > self.flushed.load(Ordering::Acquire) {
             let mut w = self.writer.lock().expect("text writer lock");
             if let Err(e) = self.flush_data(&mut w) {
                 panic!("flushing the text store: {e}");
             }
         }
+    }
+
+    fn read(&self, at: u64, len: u32) -> Option<Arc<str>> {
+        self.ensure_flushed(at, len);
         let mut buf = vec![0u8; len as usize];
         self.reader.read_exact_at(&mut buf, at).ok()?;
         String::from_utf8(buf).ok().map(Arc::from)
@@ -206,6 +211,36 @@ impl TextLookup for DiskTexts {
     fn get(&self, key: TextRef) -> Option<Arc<str>> {
         let at = *self.shard(key).read().expect("text index lock").get(&key)?;
         self.read(at.0, at.1)
+    }
+
+    fn visit(&self, key: TextRef, f: &mut dyn FnMut(&str)) -> bool {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let Some(at) = self
+            .shard(key)
+            .read()
+            .expect("text index lock")
+            .get(&key)
+            .copied()
+        else {
+            return false;
+        };
+        self.ensure_flushed(at.0, at.1);
+        BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize(at.1 as usize, 0);
+            if self.reader.read_exact_at(&mut buf, at.0).is_err() {
+                return false;
+            }
+            match std::str::from_utf8(&buf) {
+                Ok(text) => {
+                    f(text);
+                    true
+                }
+                Err(_) => false,
+            }
+        })
     }
 }
 
@@ -229,6 +264,13 @@ impl TextLookup for Texts {
         match self {
             Texts::Memory(m) => m.get(key),
             Texts::Disk(d) => d.get(key),
+        }
+    }
+
+    fn visit(&self, key: TextRef, f: &mut dyn FnMut(&str)) -> bool {
+        match self {
+            Texts::Memory(m) => m.visit(key, f),
+            Texts::Disk(d) => d.visit(key, f),
         }
     }
 }

@@ -53,6 +53,21 @@ fn normalize_unicode(text: &str) -> String {
 /// [`normalize`] of ASCII text (NFKC is the identity there): words copied whole, then
 /// lowercased in one pass.
 fn normalize_ascii(text: &[u8]) -> String {
+    // Most texts are single-spaced already: then normalizing is lowercasing. One branch-free
+    // pass finds out (no whitespace but ' ', no "  ", no space at either end).
+    let mut irregular = false;
+    let mut previous_space = true; // a leading space counts as irregular
+    for &b in text {
+        let space = b == b' ';
+        irregular |= (b'\t'..=b'\r').contains(&b) | (space & previous_space);
+        previous_space = space;
+    }
+    irregular |= previous_space && !text.is_empty();
+    if !irregular {
+        let mut out = text.to_vec();
+        out.make_ascii_lowercase();
+        return String::from_utf8(out).expect("ASCII in, ASCII out");
+    }
     let mut out: Vec<u8> = Vec::with_capacity(text.len());
     // `char::is_whitespace` on ASCII: space and \t \n \x0b \x0c \r.
     for word in text
@@ -132,6 +147,29 @@ pub fn words(normalized: &str) -> impl Iterator<Item = &str> {
         .filter(|w| !w.is_empty())
 }
 
+/// Calls `f` with each of [`words`] of `normalized` (faster on ASCII text: bytes, not chars).
+pub fn for_each_word(normalized: &str, mut f: impl FnMut(&str)) {
+    if !normalized.is_ascii() {
+        words(normalized).for_each(f);
+        return;
+    }
+    let bytes = normalized.as_bytes();
+    let mut start = None;
+    for (i, b) in bytes.iter().enumerate() {
+        match (b.is_ascii_alphanumeric(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                f(&normalized[s..i]);
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        f(&normalized[s..]);
+    }
+}
+
 /// The hash of one (normalized) word.
 pub fn word_hash(word: &str) -> u64 {
     xxh3_64_with_seed(word.as_bytes(), SEED_WORD)
@@ -157,17 +195,32 @@ pub fn ngrams_of_hashes(units: &[u64], n: usize) -> Vec<u64> {
     if n == 0 || units.len() < n {
         return Vec::new();
     }
-    let mut buf = Vec::with_capacity(n * 8);
-    units
-        .windows(n)
-        .map(|w| {
-            buf.clear();
-            for u in w {
-                buf.extend_from_slice(&u.to_le_bytes());
-            }
-            xxh3_64_with_seed(&buf, SEED_GRAM)
-        })
-        .collect()
+    // The hash of a window is xxh3 of its units' little-endian bytes. On a little-endian
+    // machine those bytes are the window's memory: hashed in place, without a copy.
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: a `[u64]` window is `8 * n` initialized bytes, any alignment is fine for u8.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(units.as_ptr() as *const u8, std::mem::size_of_val(units))
+        };
+        (0..=units.len() - n)
+            .map(|i| xxh3_64_with_seed(&bytes[i * 8..(i + n) * 8], SEED_GRAM))
+            .collect()
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        let mut buf = Vec::with_capacity(n * 8);
+        units
+            .windows(n)
+            .map(|w| {
+                buf.clear();
+                for u in w {
+                    buf.extend_from_slice(&u.to_le_bytes());
+                }
+                xxh3_64_with_seed(&buf, SEED_GRAM)
+            })
+            .collect()
+    }
 }
 
 /// The normalized words of the `index`-th word n-gram of a text (for audit spans).
@@ -203,6 +256,23 @@ mod tests {
     }
 
     #[test]
+    fn ngram_hashes_are_xxh3_of_little_endian_windows() {
+        let units: Vec<u64> = (0..40u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        for n in [1, 3, 13] {
+            let expected: Vec<u64> = units
+                .windows(n)
+                .map(|w| {
+                    let bytes: Vec<u8> = w.iter().flat_map(|u| u.to_le_bytes()).collect();
+                    xxh3_64_with_seed(&bytes, SEED_GRAM)
+                })
+                .collect();
+            assert_eq!(ngrams_of_hashes(&units, n), expected);
+        }
+    }
+
+    #[test]
     fn ngrams_are_stable_and_positional() {
         let a = word_ngrams("a b c d", 2);
         assert_eq!(a.len(), 3);
@@ -233,6 +303,16 @@ mod tests {
                 normalize_ascii(text.as_bytes()),
                 normalize_unicode(&text),
                 "{text:?}"
+            );
+            let mut fast = Vec::new();
+            for_each_word(&text, |w| fast.push(w.to_string()));
+            assert_eq!(fast, words(&text).collect::<Vec<_>>(), "{text:?}");
+            let single = normalize_unicode(&text);
+            assert_eq!(normalize_ascii(single.as_bytes()), single, "{single:?}");
+            assert_eq!(
+                normalize_ascii(single.to_uppercase().as_bytes()),
+                single,
+                "{single:?}"
             );
             assert_eq!(
                 whitespace_tokens(&text),

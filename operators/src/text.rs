@@ -14,6 +14,18 @@ use std::sync::{Arc, RwLock};
 pub trait TextLookup: Send + Sync + 'static {
     /// The text stored under `key`, if any.
     fn get(&self, key: TextRef) -> Option<Arc<str>>;
+
+    /// Calls `f` with the text stored under `key`; `false` if there is none. A store may lend
+    /// a reused buffer here (no allocation per text), which is why it is a callback.
+    fn visit(&self, key: TextRef, f: &mut dyn FnMut(&str)) -> bool {
+        match self.get(key) {
+            Some(text) => {
+                f(&text);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 const SHARDS: usize = 64;

@@ -187,12 +187,12 @@ pub struct Prepared {
 impl Prepared {
     pub fn new(text: &str) -> Prepared {
         let normalized = hash::normalize(text);
-        let mut word_hashes = Vec::new();
-        let mut word_numeric = Vec::new();
-        for w in hash::words(&normalized) {
+        let mut word_hashes = Vec::with_capacity(normalized.len() / 4);
+        let mut word_numeric = Vec::with_capacity(normalized.len() / 4);
+        hash::for_each_word(&normalized, |w| {
             word_hashes.push(hash::word_hash(w));
             word_numeric.push(w.chars().all(|c| c.is_numeric()));
-        }
+        });
         Prepared {
             normalized,
             word_hashes,
@@ -316,6 +316,8 @@ impl DecontamConfig {
 }
 
 struct FuzzyIndex {
+    /// A one-hash Bloom filter of `by_gram`'s keys: most question n-grams are in no item.
+    gram_bits: GramBits,
     chars: Vec<Vec<char>>,
     patterns: Vec<Pattern>,
     by_gram: HashMap<u64, Vec<u32>>,
@@ -331,7 +333,40 @@ struct FuzzyIndex {
 pub struct BenchmarkIndex {
     items: Vec<BenchItem>,
     grams: HashMap<u64, Vec<u32>>,
+    /// A one-hash Bloom filter of `grams`' keys: most question n-grams are in no item, and the
+    /// filter (a few hundred KB) answers that without a probe of the map (tens of MB).
+    gram_bits: GramBits,
     fuzzy: Option<FuzzyIndex>,
+}
+
+/// A set of 64-bit hashes as a bit array (a Bloom filter with one hash: the hashes are xxh3
+/// outputs, uniform already): `false` means surely absent.
+#[derive(Default)]
+struct GramBits {
+    words: Vec<u64>,
+    mask: u64,
+}
+
+impl GramBits {
+    /// About 16 bits per key (a false positive rate near 6%).
+    fn new<'a>(keys: impl ExactSizeIterator<Item = &'a u64>) -> GramBits {
+        let bits = (keys.len() * 16).next_power_of_two().max(1 << 12);
+        let mut set = GramBits {
+            words: vec![0; bits / 64],
+            mask: bits as u64 - 1,
+        };
+        for k in keys {
+            let b = k & set.mask;
+            set.words[(b >> 6) as usize] |= 1 << (b & 63);
+        }
+        set
+    }
+
+    #[inline]
+    fn may_contain(&self, key: u64) -> bool {
+        let b = key & self.mask;
+        self.words[(b >> 6) as usize] & (1 << (b & 63)) != 0
+    }
 }
 
 fn excerpt(text: &str, n: usize) -> String {
@@ -348,6 +383,7 @@ impl BenchmarkIndex {
     pub fn build<'a>(cfg: &DecontamConfig, items: impl IntoIterator<Item = &'a BenchItem>) -> Self {
         let mut index = BenchmarkIndex::default();
         let mut fuzzy = cfg.fuzzy.as_ref().map(|_| FuzzyIndex {
+            gram_bits: GramBits::default(),
             chars: Vec::new(),
             patterns: Vec::new(),
             by_gram: HashMap::default(),
@@ -389,7 +425,9 @@ impl BenchmarkIndex {
             // small; the tests measure that recall stays at 100% on real data.
             let cap = (index.items.len() / 200).max(8);
             f.by_gram.retain(|_, items| items.len() <= cap);
+            f.gram_bits = GramBits::new(f.by_gram.keys());
         }
+        index.gram_bits = GramBits::new(index.grams.keys());
         index.fuzzy = fuzzy;
         index
     }
@@ -409,6 +447,9 @@ impl BenchmarkIndex {
             // item -> (first position, distinct shared grams)
             let mut hits: BTreeMap<u32, (usize, HashSet<u64>)> = BTreeMap::new();
             for (pos, g) in ng.evidence_prepared(&prepared, text, cfg.skip_numeric, &cfg.ignored) {
+                if !self.gram_bits.may_contain(g) {
+                    continue;
+                }
                 if let Some(items) = self.grams.get(&g) {
                     for &i in items {
                         hits.entry(i)
@@ -431,12 +472,22 @@ impl BenchmarkIndex {
             }
         }
         if let (Some(f), Some(fc)) = (&self.fuzzy, &cfg.fuzzy) {
-            let q = fc.prepare_from(&prepared, text);
             let threshold = fc.threshold();
+            // The compared text's length in chars; the text itself is made only for a candidate
+            // whose length allows the threshold (most questions have none).
+            let q_len = if fc.normalize {
+                if prepared.normalized.is_ascii() {
+                    prepared.normalized.len()
+                } else {
+                    prepared.normalized.chars().count()
+                }
+            } else {
+                text.chars().count()
+            };
             let grams = hash::ngrams_of_hashes(&prepared.word_hashes, fc.candidate_ngram);
             let mut candidates: Vec<u32> = f.short.clone();
             if grams.is_empty() {
-                let (lo, hi) = crate::fuzzy::length_range(q.len(), threshold);
+                let (lo, hi) = crate::fuzzy::length_range(q_len, threshold);
                 let start = f.by_len.partition_point(|(l, _)| *l < lo);
                 for (l, i) in &f.by_len[start..] {
                     if *l > hi {
@@ -446,6 +497,9 @@ impl BenchmarkIndex {
                 }
             } else {
                 for g in grams {
+                    if !f.gram_bits.may_contain(g) {
+                        continue;
+                    }
                     if let Some(items) = f.by_gram.get(&g) {
                         candidates.extend(items.iter().copied());
                     }
@@ -453,12 +507,14 @@ impl BenchmarkIndex {
             }
             candidates.sort_unstable();
             candidates.dedup();
+            let mut q: Option<Vec<char>> = None;
             for i in candidates {
                 let chars = &f.chars[i as usize];
-                if !crate::fuzzy::lengths_allow(chars.len(), q.len(), threshold) {
+                if !crate::fuzzy::lengths_allow(chars.len(), q_len, threshold) {
                     continue;
                 }
-                if let Some(r) = f.patterns[i as usize].ratio_at_least(&q, threshold) {
+                let q = q.get_or_insert_with(|| fc.prepare_from(&prepared, text));
+                if let Some(r) = f.patterns[i as usize].ratio_at_least(q, threshold) {
                     let item = &self.items[i as usize];
                     out.push(Match {
                         question,
@@ -652,10 +708,21 @@ struct Matcher {
 }
 
 impl Matcher {
-    fn text(&self, key: TextRef) -> Arc<str> {
-        self.texts
-            .get(key)
-            .expect("decontaminate: question text missing from the store (stored before ingest)")
+    /// The matches of a question's text against `index` (its text read from the store).
+    fn match_text(
+        texts: &dyn TextLookup,
+        cfg: &DecontamConfig,
+        index: &BenchmarkIndex,
+        qid: QuestionId,
+        key: TextRef,
+    ) -> Vec<Match> {
+        let mut found = Vec::new();
+        let present = texts.visit(key, &mut |text| found = index.matches(cfg, qid, text));
+        assert!(
+            present,
+            "decontaminate: question text missing from the store (stored before ingest)"
+        );
+        found
     }
 
     /// Builds the index of the live items if it is not built yet.
@@ -765,8 +832,7 @@ impl Matcher {
         if !keys.is_empty() {
             let delta = BenchmarkIndex::build(&self.cfg, added.iter());
             for (qid, tref) in keys {
-                let text = self.text(tref);
-                let found = delta.matches(&self.cfg, qid, &text);
+                let found = Self::match_text(&*self.texts, &self.cfg, &delta, qid, tref);
                 if !found.is_empty() {
                     out.extend(found.iter().cloned().map(|m| (m, 1)));
                     self.emitted.entry((qid, tref)).or_default().extend(found);
@@ -787,10 +853,9 @@ impl Matcher {
                 let found = match remembered {
                     Some(found) => found,
                     None => {
-                        let text = self.text(tref);
                         self.ensure_index();
                         let index = self.index.as_ref().expect("just built");
-                        index.matches(&self.cfg, qid, &text)
+                        Self::match_text(&*self.texts, &self.cfg, index, qid, tref)
                     }
                 };
                 if !found.is_empty() {

@@ -217,6 +217,28 @@ pub fn owner(path: &Path, peers: usize) -> usize {
     (hash::hash64(path.to_string_lossy().as_bytes()) % peers as u64) as usize
 }
 
+/// A file's `stat` as far as telling a rewrite apart goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct FileStat {
+    len: u64,
+    modified_ns: i128,
+    changed_ns: i128,
+    inode: u64,
+    device: u64,
+}
+
+fn file_stat(path: &Path) -> Option<FileStat> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStat {
+        len: m.len(),
+        modified_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        changed_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        inode: m.ino(),
+        device: m.dev(),
+    })
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Fingerprint {
     len: u64,
@@ -322,7 +344,7 @@ impl ParseCache {
         source: SourceId,
         (file, content): (&Path, u128),
         store: &Store,
-        parse: impl FnOnce() -> ParsedFile,
+        parse: impl FnOnce() -> (ParsedFile, bool),
     ) -> ParsedFile {
         use std::sync::atomic::Ordering::Relaxed;
         let at = self.path(spec, file, content);
@@ -336,13 +358,40 @@ impl ParseCache {
             }
             None => {
                 self.parsed.fetch_add(1, Relaxed);
-                let parsed = parse();
-                self.save(&at, &parsed, store);
+                let (parsed, of_content) = parse();
+                if of_content {
+                    self.save(&at, &parsed, store);
+                }
                 parsed
             }
         };
         self.live().insert(at);
         parsed
+    }
+
+    /// Where the content hash of `file` is kept with the `stat` it was read under.
+    fn stat_path(&self, file: &Path) -> PathBuf {
+        let key = format!("{PARSE_CACHE_VERSION}\n{}", file.display());
+        self.dir
+            .join(format!("{:032x}.stat", hash::hash128(key.as_bytes())))
+    }
+
+    /// The content hash of `file` as a previous read recorded it, if the file's `stat` (size,
+    /// modification and change times in ns, inode) is still what it was then: a restart then
+    /// neither reads nor hashes a file it has a parse of (2.2 GB at the paper's scale).
+    fn known_content(&self, file: &Path, stat: &FileStat) -> Option<u128> {
+        let bytes = std::fs::read(self.stat_path(file)).ok()?;
+        let (recorded, content): (FileStat, u128) = bincode::deserialize(&bytes).ok()?;
+        (recorded == *stat).then_some(content)
+    }
+
+    /// Records that `file`, under `stat` (taken before it was read), has content hash `content`.
+    fn remember_content(&self, file: &Path, stat: &FileStat, content: u128) {
+        let path = self.stat_path(file);
+        let bytes = bincode::serialize(&(stat, content)).expect("serializes");
+        if let Err(e) = crate::sink::write_atomic(&path, &bytes) {
+            tracing::warn!(file = %path.display(), "could not record a file's content hash: {e}");
+        }
     }
 
     /// Removes the entry of a file's earlier content (rewritten or deleted).
@@ -450,10 +499,23 @@ impl FileTracker {
             if self.files.get(&path).is_some_and(|s| s.fingerprint == fp) {
                 continue;
             }
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
+            // With a parse cache, a file whose stat is what it was when its content was hashed
+            // is not read (unless its parse has to be made again).
+            let stat = self.cache.as_ref().and_then(|_| file_stat(&path));
+            let known = match (&self.cache, &stat) {
+                (Some(c), Some(stat)) => c.known_content(&path, stat),
+                _ => None,
             };
-            let content = hash::hash128(&bytes);
+            let (mut bytes, content) = match known {
+                Some(content) => (None, content),
+                None => {
+                    let Ok(bytes) = std::fs::read(&path) else {
+                        continue;
+                    };
+                    let content = hash::hash128(&bytes);
+                    (Some(bytes), content)
+                }
+            };
             if let Some(state) = self.files.get_mut(&path) {
                 if state.content == content {
                     state.fingerprint = fp;
@@ -461,14 +523,33 @@ impl FileTracker {
                 }
             }
             delta.files_read += 1;
-            delta.bytes_read += bytes.len() as u64;
+            delta.bytes_read += fp.len;
             let parsed = match &self.cache {
-                Some(c) => c.get_or_parse(&self.spec, self.source, (&path, content), store, || {
-                    self.read_file(&path, &bytes, store)
-                }),
-                None => self.read_file(&path, &bytes, store),
+                Some(c) => {
+                    let parsed =
+                        c.get_or_parse(&self.spec, self.source, (&path, content), store, || {
+                            // (The file's bytes: read now if its stat stood for them.)
+                            let bytes = bytes.take().or_else(|| std::fs::read(&path).ok());
+                            match bytes {
+                                Some(bytes) => {
+                                    // Rewritten since its stat was taken: parsed as it is now,
+                                    // not kept under the older content's key; the next poll
+                                    // sees the new stat and settles it.
+                                    let same = hash::hash128(&bytes) == content;
+                                    (self.read_file(&path, &bytes, store), same)
+                                }
+                                None => (ParsedFile::default(), false),
+                            }
+                        });
+                    if known.is_none() {
+                        if let Some(stat) = &stat {
+                            c.remember_content(&path, stat, content);
+                        }
+                    }
+                    parsed
+                }
+                None => self.read_file(&path, bytes.as_deref().expect("read"), store),
             };
-            drop(bytes);
             let mut ids: Vec<QuestionId> = parsed.questions.iter().map(|q| q.id).collect();
             ids.sort_unstable();
             if let Some(old) = self.files.remove(&path) {

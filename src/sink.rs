@@ -714,6 +714,115 @@ impl DatasetChanges {
         })
     }
 
+    /// The previous run's rows of every owned partition (see [`DatasetChanges::take_state`]);
+    /// none with a changelog topic, which reconciles with the topic's content instead.
+    fn previous_rows(&self, shard_count: u32) -> BTreeMap<u32, BTreeMap<RowKey, (u64, String)>> {
+        let mut previous = BTreeMap::new();
+        if !self.report_changes {
+            for part in self.shards.keys() {
+                if let Some(rows) = self.take_state(*part, shard_count) {
+                    previous.insert(*part, rows);
+                }
+            }
+        }
+        previous
+    }
+
+    /// The change log entry of an upserted row (and its changelog event).
+    fn upsert_change(
+        &self,
+        epoch: Epoch,
+        row: &Row,
+        events: &mut Vec<(SinkEvent, isize)>,
+    ) -> serde_json::Value {
+        let row = self.naming.render_row(row);
+        if self.report_changes {
+            events.push((
+                SinkEvent::Change(Change {
+                    row_id: row["row_id"].as_str().unwrap_or_default().to_string(),
+                    value: Some(row.to_string()),
+                }),
+                1,
+            ));
+        }
+        json!({"op": "upsert", "epoch": epoch, "row": row})
+    }
+
+    /// [`DatasetChanges::epoch`] for a run's first epoch when it only inserts (a build, a
+    /// restart's replay): the same changes and counts, without the bookkeeping of keys before
+    /// and after, and each partition's map built in one go from its sorted rows (full B-tree
+    /// nodes: inserting ascending keys one by one leaves them about half full).
+    fn first_epoch(
+        &mut self,
+        epoch: Epoch,
+        shard_count: u32,
+        net: Vec<((RowKey, Row), isize)>,
+        events: &mut Vec<(SinkEvent, isize)>,
+    ) -> std::io::Result<()> {
+        let mut stats: Vec<(StatKey, isize)> = Vec::new();
+        let mut previous = self.previous_rows(shard_count);
+        let write = match self.log {
+            crate::recipe::ChangeLog::All => true,
+            crate::recipe::ChangeLog::Updates => !previous.is_empty(),
+            crate::recipe::ChangeLog::None => false,
+        };
+        self.started = true;
+        let mut changes = Fragments::new(self.dirs.parts(), epoch, write);
+        let mut built: BTreeMap<u32, Vec<(RowKey, RowMeta)>> = BTreeMap::new();
+        let mut last_question = None;
+        for ((key, row), _) in &net {
+            let shard = change_part_of(key.question, shard_count);
+            let meta = RowMeta::of(row);
+            built.entry(shard).or_default().push((*key, meta));
+            if last_question != Some(key.question) {
+                stats.push((StatKey::DatasetQuestions, 1));
+                last_question = Some(key.question);
+            }
+            stats.push((StatKey::Rows(meta.source, meta.domain), 1));
+            let published = previous
+                .get_mut(&shard)
+                .and_then(|p| p.remove(key))
+                .map(|(d, _)| d);
+            if published == Some(meta.digest) {
+                // Published as it is by the previous run: nothing to log.
+                continue;
+            }
+            stats.push((StatKey::ChangeUpserts, 1));
+            if !write && !self.report_changes {
+                continue;
+            }
+            let change = self.upsert_change(epoch, row, events);
+            changes.push(shard, &change)?;
+        }
+        drop(net);
+        for (shard, rows) in built {
+            self.shards.insert(shard, rows.into_iter().collect());
+        }
+        self.log_deleted(epoch, previous, &mut stats, &mut changes)?;
+        events.extend(stats.into_iter().map(|(k, d)| (SinkEvent::Stat(k), d)));
+        changes.finish()
+    }
+
+    /// Rows the previous run published that this run does not have: deleted.
+    fn log_deleted(
+        &self,
+        epoch: Epoch,
+        previous: BTreeMap<u32, BTreeMap<RowKey, (u64, String)>>,
+        stats: &mut Vec<(StatKey, isize)>,
+        changes: &mut Fragments,
+    ) -> std::io::Result<()> {
+        for (shard, rows) in previous {
+            for (_, (_, row_id)) in rows {
+                stats.push((StatKey::ChangeDeletes, 1));
+                changes.push(
+                    shard,
+                    &json!({"op": "delete", "epoch": epoch, "row_id": row_id}),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// Owns the partitions `p` with `p % peers == worker`.
     pub fn new(dirs: OutDirs, naming: Naming, parts: u32, worker: usize, peers: usize) -> Self {
         let owned = (0..parts)
@@ -742,6 +851,12 @@ impl DatasetChanges {
         let mut stats: Vec<(StatKey, isize)> = Vec::new();
         // Consolidated in place (sorted by row key), not copied.
         differential_dataflow::consolidation::consolidate(&mut net);
+        if !self.started
+            && net.iter().all(|(_, d)| *d > 0)
+            && self.shards.values().all(|rows| rows.is_empty())
+        {
+            return self.first_epoch(epoch, shard_count, net, events);
+        }
         // The value of every touched key before this epoch, and its question's presence.
         let mut before: BTreeMap<RowKey, Option<RowMeta>> = BTreeMap::new();
         let mut questions_before: BTreeMap<QuestionId, bool> = BTreeMap::new();
@@ -777,16 +892,12 @@ impl DatasetChanges {
         }
         // A restart's first epoch: the rows the previous run published, per owned partition
         // (not with a changelog topic, which reconciles with the topic's content instead).
-        let mut previous: BTreeMap<u32, BTreeMap<RowKey, (u64, String)>> = BTreeMap::new();
-        let mut restart = false;
-        if !self.started && !self.report_changes {
-            for part in self.shards.keys() {
-                if let Some(rows) = self.take_state(*part, shard_count) {
-                    previous.insert(*part, rows);
-                    restart = true;
-                }
-            }
-        }
+        let mut previous = if self.started {
+            BTreeMap::new()
+        } else {
+            self.previous_rows(shard_count)
+        };
+        let restart = !previous.is_empty();
         let write = match self.log {
             crate::recipe::ChangeLog::All => true,
             crate::recipe::ChangeLog::Updates => self.started || restart,
@@ -823,17 +934,7 @@ impl DatasetChanges {
                         // Counted, not logged: nothing to render.
                         continue;
                     }
-                    let row = self.naming.render_row(inserted[key]);
-                    if self.report_changes {
-                        events.push((
-                            SinkEvent::Change(Change {
-                                row_id: row["row_id"].as_str().unwrap_or_default().to_string(),
-                                value: Some(row.to_string()),
-                            }),
-                            1,
-                        ));
-                    }
-                    json!({"op": "upsert", "epoch": epoch, "row": row})
+                    self.upsert_change(epoch, inserted[key], events)
                 }
                 None => {
                     let o = old.as_ref().expect("changed");
@@ -853,16 +954,7 @@ impl DatasetChanges {
             };
             changes.push(shard, &change)?;
         }
-        // Rows the previous run published that this run does not have: deleted.
-        for (shard, rows) in previous {
-            for (_, (_, row_id)) in rows {
-                stats.push((StatKey::ChangeDeletes, 1));
-                changes.push(
-                    shard,
-                    &json!({"op": "delete", "epoch": epoch, "row_id": row_id}),
-                )?;
-            }
-        }
+        self.log_deleted(epoch, previous, &mut stats, &mut changes)?;
         for (q, was) in questions_before {
             let is = has_question(&self.shards[&change_part_of(q, shard_count)], q);
             if was != is {

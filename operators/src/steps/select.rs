@@ -252,16 +252,31 @@ where
         let updates = || batches.iter().flatten().map(|((_, q), _, r)| (q, *r));
         // First pass: the counts go into the groups.
         let mut touched: BTreeSet<GroupKey> = BTreeSet::new();
+        // The members of groups that have none yet are gathered and each such group built in
+        // one go (full B-tree nodes; inserting one by one leaves them a third empty).
+        let mut fresh: BTreeMap<GroupKey, Vec<((Rank, Question), isize)>> = BTreeMap::new();
         for (q, r) in updates() {
             let key = per.key(q);
             touched.insert(key);
             let members = &mut groups.entry(key).or_default().members;
+            if members.is_empty() {
+                fresh
+                    .entry(key)
+                    .or_default()
+                    .push(((rank(&rule, q), q.clone()), r));
+                continue;
+            }
             let m = (rank(&rule, q), q.clone());
             let c = members.entry(m).or_insert(0);
             *c += r;
             if *c == 0 {
                 members.remove(&(rank(&rule, q), q.clone()));
             }
+        }
+        for (key, mut members) in fresh {
+            members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            differential_dataflow::consolidation::consolidate(&mut members);
+            groups.get_mut(&key).expect("made").members = members.into_iter().collect();
         }
         // Each touched group's new selection; the members that entered or left it.
         let mut moved: BTreeMap<GroupKey, BTreeMap<(Rank, Question), isize>> = BTreeMap::new();

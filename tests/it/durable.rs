@@ -850,11 +850,18 @@ fn a_rerun_loads_parses_from_the_cache_and_checks_them() {
     assert_eq!(parse_cache(&out), json!({"loaded": 0, "parsed": 2}));
     let first = published(&out);
     assert!(first.1.contains("empty_text"), "{}", first.1);
-    let entries: Vec<PathBuf> = std::fs::read_dir(out.join(".store/parsed"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let listed = |ext: &str| -> Vec<PathBuf> {
+        std::fs::read_dir(out.join(".store/parsed"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .collect()
+    };
+    let entries = listed("bin");
     assert_eq!(entries.len(), 2, "one parse per file");
+    // With each file's content hash and the stat it was read under: a rerun reads no file
+    // whose stat is unchanged.
+    assert_eq!(listed("stat").len(), 2, "one stat record per file");
 
     // A rerun parses nothing.
     run_ok(&args);
@@ -877,10 +884,21 @@ fn a_rerun_loads_parses_from_the_cache_and_checks_them() {
     write_jsonl(&dir.join("src/a.jsonl"), &questions("a", 0..31));
     run_ok(&args);
     assert_eq!(parse_cache(&out), json!({"loaded": 1, "parsed": 1}));
-    assert_eq!(
-        std::fs::read_dir(out.join(".store/parsed"))
-            .unwrap()
-            .count(),
-        2
-    );
+    assert_eq!(listed("bin").len(), 2);
+
+    // A rewrite that keeps the file's size is seen as well (its stat differs from the one its
+    // content hash was recorded under): parsed, and published.
+    let a = std::fs::read_to_string(dir.join("src/a.jsonl")).unwrap();
+    std::fs::write(dir.join("src/a.jsonl"), a.replace("lattice", "LATTICE")).unwrap();
+    run_ok(&args);
+    assert_eq!(parse_cache(&out), json!({"loaded": 1, "parsed": 1}));
+    let shards: String = (0..4)
+        .map(|s| {
+            std::fs::read_to_string(out.join(format!("dataset/part-{s:05}.jsonl")))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(shards.contains("LATTICE"), "the rewrite is published");
+    run_ok(&args);
+    assert_eq!(parse_cache(&out), json!({"loaded": 2, "parsed": 0}));
 }

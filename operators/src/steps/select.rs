@@ -223,6 +223,9 @@ fn group_route(key: GroupKey) -> u64 {
     }
 }
 
+/// A member of a group: its rank and the question.
+type Member = (Rank, Question);
+
 /// One group's members, in rank order, with the ones currently selected.
 #[derive(Default)]
 struct Ranked {
@@ -254,7 +257,7 @@ where
         let mut touched: BTreeSet<GroupKey> = BTreeSet::new();
         // The members of groups that have none yet are gathered and each such group built in
         // one go (full B-tree nodes; inserting one by one leaves them a third empty).
-        let mut fresh: BTreeMap<GroupKey, Vec<((Rank, Question), isize)>> = BTreeMap::new();
+        let mut fresh: BTreeMap<GroupKey, Vec<(Member, isize)>> = BTreeMap::new();
         for (q, r) in updates() {
             let key = per.key(q);
             touched.insert(key);

@@ -615,7 +615,7 @@ impl FileTracker {
                     },
                     step: StepId::INGEST,
                     reason: e.reason,
-                    detail: Detail::Text(e.message),
+                    detail: Detail::Text(e.message.into()),
                 }),
             }
         }

@@ -382,10 +382,10 @@ fn answer_decontaminate<'s>(
             subject: Subject::Row(*k),
             step,
             reason: Reason::Contaminated,
-            detail: Detail::Contamination {
+            detail: Detail::Contamination(Box::new(ItemRef {
                 bench: bench.clone(),
                 item: item.clone(),
-            },
+            })),
         });
     let passed = keyed
         .antijoin(first.map(|(id, _)| id).distinct())
@@ -564,10 +564,13 @@ pub fn build(
                             subject: Subject::Question(id),
                             step: sid,
                             reason: Reason::NoAnswer,
-                            detail: Detail::Text(format!(
-                                "no teacher of this step answers {} questions",
-                                q.domain
-                            )),
+                            detail: Detail::Text(
+                                format!(
+                                    "no teacher of this step answers {} questions",
+                                    q.domain
+                                )
+                                .into(),
+                            ),
                         });
                     let (uncovered, counts) = tally(
                         uncovered,
@@ -884,7 +887,7 @@ pub fn build(
         let n2 = naming.clone();
         let step_name = naming.step_namer();
         let errors = Rc::clone(&sink_errors);
-        first_epoch_unary(
+        thoughtflow_operators::epoch::first_epoch_unary_drain(
             all_rejections,
             Exchange::new(move |_: &(Rejection, Epoch, isize)| last as u64),
             "RejectionSink",

@@ -342,9 +342,9 @@ impl Naming {
                 message: Some(t),
                 ..DetailOut::default()
             }),
-            Detail::Contamination { bench, item } => Some(DetailOut {
-                benchmark: Some(bench),
-                item: Some(item),
+            Detail::Contamination(c) => Some(DetailOut {
+                benchmark: Some(&c.bench),
+                item: Some(&c.item),
                 ..DetailOut::default()
             }),
             Detail::Tokens { tokens, max } => Some(DetailOut {
@@ -1856,25 +1856,15 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
     /// (at the first epoch, for groups whose file does not hold them already). A rewrite copies
     /// the lines of the records the epoch did not change from the file in place and renders
     /// the others.
+    ///
+    /// `updates` is consumed as it is read (a sink hands its stash over batch by batch, so that
+    /// the epoch's records are not held twice).
     pub fn epoch<G: AsRef<str>>(
         &mut self,
-        updates: Vec<(T, isize)>,
+        updates: impl IntoIterator<Item = (T, isize)>,
         group: impl Fn(&T) -> G,
         render: impl Fn(&T, &mut dyn Write) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
-        // A group's file is read for its lines before its records change.
-        if !self.unindexed.is_empty() {
-            let hit: BTreeSet<String> = updates
-                .iter()
-                .map(|(t, _)| group(t))
-                .filter(|g| self.unindexed.contains(g.as_ref()))
-                .map(|g| g.as_ref().to_string())
-                .collect();
-            for g in hit {
-                self.unindexed.remove(&g);
-                self.index_group(&g)?;
-            }
-        }
         let mut changed: BTreeSet<String> = BTreeSet::new();
         // Records of groups that hold none yet are gathered and their tables built in one go
         // (full B-tree nodes; inserting one by one leaves nodes a third to a half empty).
@@ -1882,6 +1872,10 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         for (t, d) in updates {
             let g = group(&t);
             let g = g.as_ref();
+            // A group's file is read for its lines before its records change.
+            if !self.unindexed.is_empty() && self.unindexed.remove(g) {
+                self.index_group(g)?;
+            }
             if !self.groups.contains_key(g) {
                 self.groups.insert(g.to_string(), BTreeMap::new());
             }
@@ -2045,10 +2039,10 @@ mod tests {
         let details = [
             Detail::None,
             Detail::Text("why \"not\"".into()),
-            Detail::Contamination {
+            Detail::Contamination(Box::new(ItemRef {
                 bench: "b".into(),
                 item: "i".into(),
-            },
+            })),
             Detail::Tokens { tokens: 9, max: 5 },
             Detail::Score {
                 score: -2,
@@ -2320,7 +2314,7 @@ mod tests {
             let mut fresh = AuditTable::new(fresh_dir.clone(), 1);
             fresh
                 .epoch(
-                    live.iter().map(|(t, c)| (t.clone(), *c)).collect(),
+                    live.iter().map(|(t, c)| (t.clone(), *c)).collect::<Vec<_>>(),
                     group,
                     render,
                 )

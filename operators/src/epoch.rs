@@ -40,6 +40,13 @@ impl<D> Stash<D> {
         self.batches.push(batch);
     }
 
+    /// The updates, moved out batch by batch (each batch freed once read).
+    fn drain(self) -> impl Iterator<Item = (D, isize)> {
+        self.batches
+            .into_iter()
+            .flat_map(|batch| batch.into_iter().map(|(d, _, r)| (d, r)))
+    }
+
     fn into_updates(self) -> Updates<D> {
         let mut out = Vec::with_capacity(self.len);
         for batch in self.batches {
@@ -214,6 +221,31 @@ where
     L: FnMut(Epoch, Updates<D>, &mut Vec<(O, isize)>) + 'static,
 {
     epoch_unary_from(input, pact, name, true, logic)
+}
+
+/// Like [`first_epoch_unary`], for sinks that read each update once: `logic` gets the epoch's
+/// updates as an iterator that moves them out of the stash batch by batch (no flattened copy
+/// of the epoch beside the stash).
+pub fn first_epoch_unary_drain<'s, D, O, P, L>(
+    input: VecCollection<'s, Epoch, D>,
+    pact: P,
+    name: &str,
+    mut logic: L,
+) -> VecCollection<'s, Epoch, O>
+where
+    D: Clone + 'static,
+    O: Clone + 'static,
+    P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
+    L: FnMut(Epoch, &mut dyn Iterator<Item = (D, isize)>, &mut Vec<(O, isize)>) + 'static,
+{
+    let mut produced = Vec::new();
+    epoch_core(input, pact, name, true, move |t, stash, emit| {
+        produced.clear();
+        logic(t, &mut stash.drain(), &mut produced);
+        for (o, d) in produced.drain(..) {
+            emit(o, d);
+        }
+    })
 }
 
 /// Like [`epoch_unary`], for steps whose input and output are as large as the data: `logic`

@@ -232,12 +232,23 @@ impl Reason {
     }
 }
 
+/// The benchmark item a contaminated question or row matched.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ItemRef {
+    pub bench: String,
+    pub item: String,
+}
+
 /// Step-specific evidence attached to a rejection.
+///
+/// The texts are boxed so that a rejection stays 64 bytes (88 with them inline): millions of
+/// `not_selected` rejections flow, are stashed and are kept by the audit sink at the paper's
+/// scale. Serialized as before (serde sees through the boxes).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Detail {
     None,
-    Text(String),
-    Contamination { bench: String, item: String },
+    Text(Box<str>),
+    Contamination(Box<ItemRef>),
     Tokens { tokens: u32, max: u32 },
     Score { score: i64, bound: i64 },
     Rank { score: i64 },
@@ -300,6 +311,12 @@ mod tests {
     use super::*;
 
     /// The question stream's records stay small: hashes aligned to 8, no padding to 16.
+    #[test]
+    fn rejections_stay_small() {
+        assert!(std::mem::size_of::<Detail>() <= 24);
+        assert!(std::mem::size_of::<Rejection>() <= 64);
+    }
+
     #[test]
     fn question_records_are_not_padded() {
         assert_eq!(std::mem::align_of::<ContentHash>(), 8);

@@ -164,7 +164,7 @@ impl KafkaIngest {
                     },
                     step: StepId::INGEST,
                     reason,
-                    detail: Detail::Text(message),
+                    detail: Detail::Text(message.into()),
                 },
                 1,
             );

@@ -79,7 +79,7 @@ pub fn score_from<'s>(
         subject: Subject::Question(*id),
         step,
         reason: Reason::ScoreFailed,
-        detail: Detail::Text(why.clone()),
+        detail: Detail::Text(why.as_str().into()),
     });
     StepOutput { passed, rejected }
 }

@@ -565,11 +565,8 @@ pub fn build(
                             step: sid,
                             reason: Reason::NoAnswer,
                             detail: Detail::Text(
-                                format!(
-                                    "no teacher of this step answers {} questions",
-                                    q.domain
-                                )
-                                .into(),
+                                format!("no teacher of this step answers {} questions", q.domain)
+                                    .into(),
                             ),
                         });
                     let (uncovered, counts) = tally(

@@ -2314,7 +2314,9 @@ mod tests {
             let mut fresh = AuditTable::new(fresh_dir.clone(), 1);
             fresh
                 .epoch(
-                    live.iter().map(|(t, c)| (t.clone(), *c)).collect::<Vec<_>>(),
+                    live.iter()
+                        .map(|(t, c)| (t.clone(), *c))
+                        .collect::<Vec<_>>(),
                     group,
                     render,
                 )

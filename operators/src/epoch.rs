@@ -250,8 +250,8 @@ where
 
 /// Like [`epoch_unary`], for steps whose input and output are as large as the data: `logic`
 /// gets the epoch's batches as they arrived (no flattened copy; it may read them more than
-/// once) and emits each output update into the output at once (no buffer of the epoch's
-/// output beside the channel's).
+/// once, or take them) and emits each output update into the output at once (no buffer of the
+/// epoch's output beside the channel's).
 pub fn epoch_unary_batches<'s, D, O, P, L>(
     input: VecCollection<'s, Epoch, D>,
     pact: P,
@@ -262,10 +262,10 @@ where
     D: Clone + 'static,
     O: Clone + 'static,
     P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
-    L: FnMut(Epoch, &[Vec<(D, Epoch, isize)>], &mut dyn FnMut(O, isize)) + 'static,
+    L: FnMut(Epoch, &mut Vec<Vec<(D, Epoch, isize)>>, &mut dyn FnMut(O, isize)) + 'static,
 {
-    epoch_core(input, pact, name, false, move |t, stash, emit| {
-        logic(t, &stash.batches, emit)
+    epoch_core(input, pact, name, false, move |t, mut stash, emit| {
+        logic(t, &mut stash.batches, emit)
     })
 }
 

@@ -404,7 +404,7 @@ proptest! {
                     let first = matches.iter().filter(|m| m.question == q.id).map(|m| (m.bench.clone(), m.item.clone())).min();
                     let out = match first {
                         None => Out::Passed(q.id, q.clone()),
-                        Some((bench, item)) => Out::Rejected(Rejection { subject: Subject::Question(q.id), step: STEP, reason: Reason::Contaminated, detail: Detail::Contamination { bench, item } }),
+                        Some((bench, item)) => Out::Rejected(Rejection { subject: Subject::Question(q.id), step: STEP, reason: Reason::Contaminated, detail: Detail::Contamination(Box::new(thoughtflow_operators::record::ItemRef { bench, item })) }),
                     };
                     *expected.entry(out).or_insert(0) += 1;
                 }

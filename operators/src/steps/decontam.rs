@@ -761,7 +761,7 @@ impl Matcher {
         }
         table.clean.sort_unstable();
         table.clean.dedup();
-        table.found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        table.found.sort_unstable_by_key(|a| a.0);
         table.found.dedup_by(|a, b| a.0 == b.0);
         table
     }

@@ -43,7 +43,12 @@ pub fn dedup_exact<'s>(
             // it (taken when the group is first touched); the updates go straight in.
             let mut touched: Vec<ContentHash> = Vec::new();
             let mut before: HashMap<ContentHash, Vec<(Verdict, isize)>> = HashMap::default();
-            for ((_, q), r) in batches.iter().flatten().map(|(d, _, r)| (d, *r)) {
+            // The questions move from the batches into the groups (each batch freed once read:
+            // in a run's first epoch the stash and the groups are not both whole at once).
+            let updates = std::mem::take(batches)
+                .into_iter()
+                .flat_map(|batch| batch.into_iter().map(|((_, q), _, r)| (q, r)));
+            for (q, r) in updates {
                 let group = groups.entry(q.hash);
                 if group.touched != epoch {
                     group.touched = epoch;
@@ -54,9 +59,9 @@ pub fn dedup_exact<'s>(
                         before.insert(q.hash, v);
                     }
                 }
-                match group.members.iter_mut().find(|(m, _)| m == q) {
+                match group.members.iter_mut().find(|(m, _)| *m == q) {
                     Some(slot) => slot.1 += r,
-                    None => group.members.push((q.clone(), r)),
+                    None => group.members.push((q, r)),
                 }
             }
             let mut after = Vec::new();

@@ -219,7 +219,12 @@ pub fn fanout<'s>(
                     .map(move |((_, s), q)| reject(s, &q, Reason::NoAnswer, Detail::None)),
                 Missing::Pending { failures } => {
                     wanted.join_map(failures, move |(_, s), q, why| {
-                        reject(*s, q, Reason::TeacherFailed, Detail::Text(why.as_str().into()))
+                        reject(
+                            *s,
+                            q,
+                            Reason::TeacherFailed,
+                            Detail::Text(why.as_str().into()),
+                        )
                     })
                 }
             };

@@ -252,34 +252,60 @@ where
 {
     let mut groups: BTreeMap<GroupKey, Ranked> = BTreeMap::new();
     epoch_unary_batches(questions, pact, name, move |_epoch, batches, emit| {
-        let updates = || batches.iter().flatten().map(|((_, q), _, r)| (q, *r));
+        let verdict = |m: &(Rank, Question), selected: bool| -> Verdict {
+            if selected {
+                Ok((m.1.id, m.1.clone()))
+            } else {
+                Err(not_selected(step, m.1.id, m.1.score.unwrap_or(0)))
+            }
+        };
+        // Groups that have no member yet (all of them in a run's first epoch) take their
+        // members out of the batches (moved, each batch freed once read), are built in one go
+        // (full B-tree nodes; inserting one by one leaves them a third empty) and emit each
+        // member's verdict from the group. The other updates stay for the passes below.
+        let mut fresh: BTreeMap<GroupKey, Vec<(Member, isize)>> = BTreeMap::new();
+        let mut rest: Vec<((QuestionId, Question), Epoch, isize)> = Vec::new();
+        for batch in std::mem::take(batches) {
+            for u in batch {
+                let key = per.key(&(u.0).1);
+                if groups.get(&key).is_none_or(|g| g.members.is_empty()) {
+                    let ((_, q), _, r) = u;
+                    fresh
+                        .entry(key)
+                        .or_default()
+                        .push(((rank(&rule, &q), q), r));
+                } else {
+                    rest.push(u);
+                }
+            }
+        }
+        for (key, mut members) in fresh {
+            members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            differential_dataflow::consolidation::consolidate(&mut members);
+            if members.is_empty() {
+                continue;
+            }
+            let keep = sizes.get(&key) as usize;
+            let group = groups.entry(key).or_default();
+            group.members = members.into_iter().collect();
+            group.selected = group.members.keys().take(keep).cloned().collect();
+            for (i, (m, c)) in group.members.iter().enumerate() {
+                emit(verdict(m, i < keep), *c);
+            }
+        }
+        let updates = || rest.iter().map(|((_, q), _, r)| (q, *r));
         // First pass: the counts go into the groups.
         let mut touched: BTreeSet<GroupKey> = BTreeSet::new();
-        // The members of groups that have none yet are gathered and each such group built in
-        // one go (full B-tree nodes; inserting one by one leaves them a third empty).
-        let mut fresh: BTreeMap<GroupKey, Vec<(Member, isize)>> = BTreeMap::new();
         for (q, r) in updates() {
             let key = per.key(q);
             touched.insert(key);
             let members = &mut groups.entry(key).or_default().members;
-            if members.is_empty() {
-                fresh
-                    .entry(key)
-                    .or_default()
-                    .push(((rank(&rule, q), q.clone()), r));
-                continue;
-            }
             let m = (rank(&rule, q), q.clone());
             let c = members.entry(m).or_insert(0);
             *c += r;
             if *c == 0 {
                 members.remove(&(rank(&rule, q), q.clone()));
             }
-        }
-        for (key, mut members) in fresh {
-            members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            differential_dataflow::consolidation::consolidate(&mut members);
-            groups.get_mut(&key).expect("made").members = members.into_iter().collect();
         }
         // Each touched group's new selection; the members that entered or left it.
         let mut moved: BTreeMap<GroupKey, BTreeMap<(Rank, Question), isize>> = BTreeMap::new();
@@ -296,13 +322,6 @@ where
             moved.insert(*key, changed);
             was_selected.insert(*key, std::mem::replace(&mut group.selected, now));
         }
-        let verdict = |m: &(Rank, Question), selected: bool| -> Verdict {
-            if selected {
-                Ok((m.1.id, m.1.clone()))
-            } else {
-                Err(not_selected(step, m.1.id, m.1.score.unwrap_or(0)))
-            }
-        };
         // Second pass: an update of a member whose verdict stayed is that verdict's change;
         // the members that moved are settled from their counts before and after.
         // Past the last member selected before or now, a member is rejected both times (most

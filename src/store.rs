@@ -194,13 +194,6 @@ impl DiskTexts {
         }
     }
 
-    fn read(&self, at: u64, len: u32) -> Option<Arc<str>> {
-        self.ensure_flushed(at, len);
-        let mut buf = vec![0u8; len as usize];
-        self.reader.read_exact_at(&mut buf, at).ok()?;
-        String::from_utf8(buf).ok().map(Arc::from)
-    }
-
     /// Bytes of the texts file.
     pub fn bytes(&self) -> u64 {
         self.writer.lock().expect("text writer lock").len
@@ -209,8 +202,9 @@ impl DiskTexts {
 
 impl TextLookup for DiskTexts {
     fn get(&self, key: TextRef) -> Option<Arc<str>> {
-        let at = *self.shard(key).read().expect("text index lock").get(&key)?;
-        self.read(at.0, at.1)
+        let mut text = None;
+        self.visit(key, &mut |t| text = Some(Arc::from(t)));
+        text
     }
 
     fn visit(&self, key: TextRef, f: &mut dyn FnMut(&str)) -> bool {

@@ -238,13 +238,8 @@ where
     P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
     L: FnMut(Epoch, &mut dyn Iterator<Item = (D, isize)>, &mut Vec<(O, isize)>) + 'static,
 {
-    let mut produced = Vec::new();
-    epoch_core(input, pact, name, true, move |t, stash, emit| {
-        produced.clear();
-        logic(t, &mut stash.drain(), &mut produced);
-        for (o, d) in produced.drain(..) {
-            emit(o, d);
-        }
+    epoch_buffered(input, pact, name, true, move |t, stash, out| {
+        logic(t, &mut stash.drain(), out)
     })
 }
 
@@ -282,10 +277,29 @@ where
     P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
     L: FnMut(Epoch, Updates<D>, &mut Vec<(O, isize)>) + 'static,
 {
+    epoch_buffered(input, pact, name, always_first, move |t, stash, out| {
+        logic(t, stash.into_updates(), out)
+    })
+}
+
+/// [`epoch_core`] for logic that writes its output into a vector (reused across epochs).
+fn epoch_buffered<'s, D, O, P, L>(
+    input: VecCollection<'s, Epoch, D>,
+    pact: P,
+    name: &str,
+    always_first: bool,
+    mut logic: L,
+) -> VecCollection<'s, Epoch, O>
+where
+    D: Clone + 'static,
+    O: Clone + 'static,
+    P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
+    L: FnMut(Epoch, Stash<D>, &mut Vec<(O, isize)>) + 'static,
+{
     let mut produced = Vec::new();
     epoch_core(input, pact, name, always_first, move |t, stash, emit| {
         produced.clear();
-        logic(t, stash.into_updates(), &mut produced);
+        logic(t, stash, &mut produced);
         for (o, d) in produced.drain(..) {
             emit(o, d);
         }

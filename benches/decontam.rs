@@ -112,6 +112,7 @@ fn decontamination(c: &mut Criterion) {
             threshold_bp: 7500,
             candidate_ngram: 3,
             normalize: true,
+            min_shared_pct: 10,
         }),
         ..ngram.clone()
     };

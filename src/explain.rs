@@ -47,8 +47,9 @@ pub fn describe(kind: &StepKind, recipe: &Recipe) -> String {
             }
             if let Some(f) = &config.fuzzy {
                 methods.push(format!(
-                    "with an Indel ratio >= {} (candidates: shared word {}-grams + length bound; bit-parallel LCS)",
+                    "with an Indel ratio >= {} (candidates: {}% of an item's word {}-grams shared + length bound; bit-parallel LCS)",
                     f.threshold(),
+                    f.min_shared_pct,
                     f.candidate_ngram
                 ));
             }

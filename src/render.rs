@@ -125,6 +125,18 @@ impl Handles {
 }
 
 /// Counts a step's outcome (what it let through, what it rejected and why) on its way on.
+/// Runs one sink operator's epoch, logging (at debug level) how long it took.
+fn timed<R>(operator: &'static str, f: impl FnOnce() -> R) -> R {
+    let started = std::time::Instant::now();
+    let r = f();
+    tracing::debug!(
+        operator,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "sink operator epoch"
+    );
+    r
+}
+
 fn tally_outcome<'s, D: Clone + 'static>(
     (passed, rejected): (
         VecCollection<'s, Epoch, D>,
@@ -827,7 +839,10 @@ pub fn build(
             }),
             "DatasetChanges",
             move |epoch, updates, out: &mut Vec<(SinkEvent, isize)>| {
-                if let Err(e) = dataset.borrow_mut().epoch(epoch, shards, updates, out) {
+                let r = timed("DatasetChanges", || {
+                    dataset.borrow_mut().epoch(epoch, shards, updates, out)
+                });
+                if let Err(e) = r {
                     errors
                         .borrow_mut()
                         .push(format!("writing dataset changes: {e}"));
@@ -846,7 +861,7 @@ pub fn build(
                 if !updates.is_empty() {
                     crate::runtime::test_pause("sink");
                 }
-                if let Err(e) = files.epoch(epoch, updates, out) {
+                if let Err(e) = timed("DatasetFiles", || files.epoch(epoch, updates, out)) {
                     errors
                         .borrow_mut()
                         .push(format!("writing dataset shards: {e}"));
@@ -890,11 +905,14 @@ pub fn build(
             "RejectionSink",
             move |_epoch, updates, _out: &mut Vec<((), isize)>| {
                 let Some(table) = table.as_mut() else { return };
-                if let Err(e) = table.epoch(
-                    updates,
-                    |r| step_name(r.step),
-                    |r, w| n2.write_rejection(r, w),
-                ) {
+                let r = timed("RejectionSink", || {
+                    table.epoch(
+                        updates,
+                        |r| step_name(r.step),
+                        |r, w| n2.write_rejection(r, w),
+                    )
+                });
+                if let Err(e) = r {
                     errors.borrow_mut().push(format!("writing rejections: {e}"));
                 }
             },

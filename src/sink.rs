@@ -548,7 +548,9 @@ fn temp_writer(path: &Path) -> std::io::Result<(PathBuf, std::io::BufWriter<std:
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let f = std::fs::File::create(&tmp)?;
-    Ok((tmp, std::io::BufWriter::with_capacity(1 << 20, f)))
+    // 64 KiB: a buffer the allocator reuses. (A 1 MiB one is a fresh mapping for every file,
+    // zeroed page by page: a refresh of 456 of 4096 shards spent a third of its time there.)
+    Ok((tmp, std::io::BufWriter::with_capacity(64 << 10, f)))
 }
 
 /// Flushes and syncs a file from [`temp_writer`] and renames it to `path`.

@@ -347,6 +347,8 @@ proptest! {
         n in 1usize..4,
         unit in 0u8..4,
         fuzzy in proptest::option::of(prop_oneof![Just(6000u32), Just(7500), Just(9000)]),
+        candidate_ngram in 1usize..4,
+        min_shared_pct in prop_oneof![Just(0u32), Just(20), Just(50), Just(100)],
         skip_numeric in any::<bool>(),
         ignore_for_b1 in any::<bool>(),
     ) {
@@ -366,14 +368,14 @@ proptest! {
             own.sort_unstable();
             ignored_by_bench.insert("bench1".to_string(), own);
         }
-        // Exhaustive fuzzy candidates (any shared word): the indexed path must then equal the
-        // brute force exactly. Recall of the default candidates is measured on real data.
+        // The indexed path must find exactly the pairs the candidate rule admits (the reference
+        // applies the rule to every pair). The rule's recall is measured on real data.
         let cfg = DecontamConfig {
             ngram: Some(ngram),
             skip_numeric,
             ignored: Vec::new(),
             ignored_by_bench,
-            fuzzy: fuzzy.map(|threshold_bp| FuzzyConfig { threshold_bp, candidate_ngram: 1, normalize: true }),
+            fuzzy: fuzzy.map(|threshold_bp| FuzzyConfig { threshold_bp, candidate_ngram, normalize: true, min_shared_pct }),
         };
         let store = MemTexts::new();
         let mut text_by_ref = BTreeMap::new();

@@ -1008,6 +1008,7 @@ fn read_decontam(
             }
         };
         let candidate_ngram = s.opt_int("fuzzy_candidates", 1, 50).unwrap_or(3) as usize;
+        let min_shared_pct = s.opt_int("fuzzy_min_shared", 0, 100).unwrap_or(10) as u32;
         let normalize = s.opt_bool("fuzzy_normalize").unwrap_or(true);
         let skip_numeric = s.opt_bool("skip_numeric").unwrap_or(true);
         let ngram = (n > 0).then_some(NgramConfig { n, unit });
@@ -1077,6 +1078,7 @@ fn read_decontam(
                     threshold_bp: (t * 100.0).round() as u32,
                     candidate_ngram,
                     normalize,
+                    min_shared_pct,
                 }),
             },
             names,

@@ -118,6 +118,7 @@ fn paper_rule() -> DecontamConfig {
             threshold_bp: 7500,
             candidate_ngram: 3,
             normalize: true,
+            min_shared_pct: 10,
         }),
     }
 }
@@ -303,6 +304,7 @@ fn the_fuzzy_candidate_index_finds_every_pair_the_brute_force_finds() {
                 threshold_bp,
                 candidate_ngram: 3,
                 normalize: true,
+                min_shared_pct: 10,
             }),
         };
         let index = BenchmarkIndex::build(&cfg, items.iter());
@@ -319,14 +321,28 @@ fn the_fuzzy_candidate_index_finds_every_pair_the_brute_force_finds() {
             .map(|i| hash::normalize(&i.text).chars().collect())
             .collect();
         let patterns: Vec<Pattern> = prepared.iter().map(|c| Pattern::new(c)).collect();
+        let fc = cfg.fuzzy.as_ref().unwrap();
+        let item_grams: Vec<Vec<u64>> = items.iter().map(|i| fc.candidate_grams(&i.text)).collect();
         let mut brute = BTreeSet::new();
+        // The smallest share of an item's candidate n-grams a matching question holds: the
+        // margin over the rule's 10%.
+        let mut least_share = 1.0f64;
         for (id, text) in &questions {
             let q: Vec<char> = hash::normalize(text).chars().collect();
+            let q_grams = fc.candidate_grams(text);
             for (i, item) in items.iter().enumerate() {
                 if thoughtflow_operators::fuzzy::lengths_allow(prepared[i].len(), q.len(), t)
                     && patterns[i].ratio(&q) >= t
                 {
                     brute.insert((*id, item.bench.clone(), item.item.clone()));
+                    let g = &item_grams[i];
+                    if !g.is_empty() && !q_grams.is_empty() {
+                        let shared = g
+                            .iter()
+                            .filter(|x| q_grams.binary_search(x).is_ok())
+                            .count();
+                        least_share = least_share.min(shared as f64 / g.len() as f64);
+                    }
                 }
             }
         }
@@ -340,8 +356,9 @@ fn the_fuzzy_candidate_index_finds_every_pair_the_brute_force_finds() {
         );
         assert_eq!(indexed, brute);
         eprintln!(
-            "fuzzy decontamination at {t}: {} pairs, recall 100%",
-            brute.len()
+            "fuzzy decontamination at {t}: {} pairs, recall 100%; least share of an item's candidate n-grams in a match: {:.0}%",
+            brute.len(),
+            least_share * 100.0
         );
     }
     // The batch reference (brute force) agrees too, for a sample.

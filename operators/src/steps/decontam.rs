@@ -15,12 +15,19 @@
 //!   boilerplate, not contamination) and n-grams of a configured list of common phrases; with the
 //!   number of shared n-grams and the first shared span;
 //! - `fuzzy`: the Indel ratio of q and b (rapidfuzz's `fuzz.ratio`, on normalized text by
-//!   default) is at least the threshold (the paper: 75). Candidates come from an index of the
-//!   items' word n-grams (`candidate_ngram`, default 3) plus every item too short to have one,
-//!   filtered by the length bound the ratio implies (`min/max >= t / (2 - t)`); only candidates
-//!   are verified, with a bit-parallel LCS. The candidate rule is a heuristic: its recall
-//!   against the brute force is measured on real data by the tests (100% there);
-//!   `candidate_ngram = 1` makes it exhaustive for texts sharing any word.
+//!   default) is at least the threshold (the paper: 75), for the pairs the candidate rule
+//!   admits. **The candidate rule** ([`FuzzyConfig::candidate`]): with `G(x)` the distinct word
+//!   `candidate_ngram`-grams (default 3) of x's normalized text, a pair is a candidate when the
+//!   lengths allow the threshold (`min/max >= t / (2 - t)`) and either text has no such n-gram
+//!   or the question holds at least `min_shared_pct`% (default 10, at least one) of the item's
+//!   `G`. Only candidates are verified, with a bit-parallel LCS. The index finds exactly the
+//!   candidates, through a prefix filter: each item is listed under its `|G| - m + 1` n-grams
+//!   that fewest items hold (`m` the n-grams it needs), and a question that shares `m` of
+//!   them must share one of those. The rule is a heuristic (a ratio of 75 allows texts with
+//!   no word n-gram in common): the batch reference applies it, and its recall against the
+//!   pure brute force is measured on real data by the tests (100% there). Near-copies share
+//!   most n-grams; two questions of one template share a few common ones ("what is the"),
+//!   and those no longer cost an LCS each.
 //!
 //! A question with at least one match is rejected (`contaminated`, detail = its smallest
 //! match), all others pass unchanged.
@@ -248,6 +255,9 @@ pub struct FuzzyConfig {
     pub candidate_ngram: usize,
     /// Compare normalized texts (NFKC, lowercase, collapsed whitespace) rather than raw ones.
     pub normalize: bool,
+    /// The share of an item's candidate n-grams (percent) a question must hold to be compared
+    /// with it (at least one n-gram; 0 = any one).
+    pub min_shared_pct: u32,
 }
 
 impl FuzzyConfig {
@@ -263,8 +273,28 @@ impl FuzzyConfig {
         }
     }
 
-    fn candidate_grams(&self, text: &str) -> Vec<u64> {
-        hash::word_ngrams(text, self.candidate_ngram)
+    /// The distinct candidate n-grams of a text (`G` of the candidate rule), sorted.
+    pub fn candidate_grams(&self, text: &str) -> Vec<u64> {
+        let mut g = hash::word_ngrams(text, self.candidate_ngram);
+        g.sort_unstable();
+        g.dedup();
+        g
+    }
+
+    /// How many of an item's `item_grams` candidate n-grams a question must share with it.
+    pub fn needed(&self, item_grams: usize) -> usize {
+        (item_grams * self.min_shared_pct as usize)
+            .div_ceil(100)
+            .clamp(1, item_grams.max(1))
+    }
+
+    /// The candidate rule, on the distinct sorted candidate n-grams of a question and an item
+    /// and their compared lengths in chars.
+    pub fn candidate(&self, q_grams: &[u64], q_len: usize, i_grams: &[u64], i_len: usize) -> bool {
+        crate::fuzzy::lengths_allow(i_len, q_len, self.threshold())
+            && (q_grams.is_empty()
+                || i_grams.is_empty()
+                || shared_count(q_grams, i_grams) >= self.needed(i_grams.len()))
     }
 
     fn prepare_from(&self, p: &Prepared, raw: &str) -> Vec<char> {
@@ -315,11 +345,32 @@ impl DecontamConfig {
     }
 }
 
+/// How many values two sorted, distinct lists share.
+fn shared_count(a: &[u64], b: &[u64]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
+}
+
 struct FuzzyIndex {
     /// A one-hash Bloom filter of `by_gram`'s keys: most question n-grams are in no item.
     gram_bits: GramBits,
     chars: Vec<Vec<char>>,
     patterns: Vec<Pattern>,
+    /// Per item, its distinct candidate n-grams (sorted).
+    grams: Vec<Vec<u64>>,
+    /// The prefix-filter lists: per n-gram, the items it is among the `|G| - m + 1` rarest
+    /// n-grams of (rarest: held by the fewest items, ties by hash).
     by_gram: HashMap<u64, Vec<u32>>,
     /// Items too short for a candidate n-gram (always candidates).
     short: Vec<u32>,
@@ -386,6 +437,7 @@ impl BenchmarkIndex {
             gram_bits: GramBits::default(),
             chars: Vec::new(),
             patterns: Vec::new(),
+            grams: Vec::new(),
             by_gram: HashMap::default(),
             short: Vec::new(),
             by_len: Vec::new(),
@@ -406,25 +458,37 @@ impl BenchmarkIndex {
                 if grams.is_empty() {
                     f.short.push(at);
                 }
-                let mut seen = HashSet::default();
-                for g in grams {
-                    if seen.insert(g) {
-                        f.by_gram.entry(g).or_default().push(at);
-                    }
-                }
+                f.grams.push(grams);
                 f.by_len.push((chars.len(), at));
                 f.patterns.push(Pattern::new(&chars));
                 f.chars.push(chars);
             }
             index.items.push(item.clone());
         }
-        if let Some(f) = fuzzy.as_mut() {
+        if let (Some(f), Some(fc)) = (fuzzy.as_mut(), cfg.fuzzy.as_ref()) {
             f.by_len.sort_unstable();
-            // Candidate n-grams shared by many items ("what is the", "find the value") select
-            // nothing: near-copies also share rarer ones. Dropping them keeps the candidate sets
-            // small; the tests measure that recall stays at 100% on real data.
-            let cap = (index.items.len() / 200).max(8);
-            f.by_gram.retain(|_, items| items.len() <= cap);
+            // The prefix filter: a question holding `m` of an item's n-grams holds one of its
+            // `|G| - m + 1` first ones in any fixed order; rarest first keeps the lists short
+            // (common n-grams such as "what is the" come last and are rarely listed).
+            let mut held: HashMap<u64, u32> = HashMap::default();
+            for grams in &f.grams {
+                for g in grams {
+                    *held.entry(*g).or_default() += 1;
+                }
+            }
+            let mut order: Vec<u64> = Vec::new();
+            for (at, grams) in f.grams.iter().enumerate() {
+                if grams.is_empty() {
+                    continue;
+                }
+                order.clear();
+                order.extend_from_slice(grams);
+                order.sort_unstable_by_key(|g| (held[g], *g));
+                let prefix = grams.len() - fc.needed(grams.len()) + 1;
+                for g in &order[..prefix] {
+                    f.by_gram.entry(*g).or_default().push(at as u32);
+                }
+            }
             f.gram_bits = GramBits::new(f.by_gram.keys());
         }
         index.gram_bits = GramBits::new(index.grams.keys());
@@ -484,7 +548,9 @@ impl BenchmarkIndex {
             } else {
                 text.chars().count()
             };
-            let grams = hash::ngrams_of_hashes(&prepared.word_hashes, fc.candidate_ngram);
+            let mut grams = hash::ngrams_of_hashes(&prepared.word_hashes, fc.candidate_ngram);
+            grams.sort_unstable();
+            grams.dedup();
             let mut candidates: Vec<u32> = f.short.clone();
             if grams.is_empty() {
                 let (lo, hi) = crate::fuzzy::length_range(q_len, threshold);
@@ -496,11 +562,11 @@ impl BenchmarkIndex {
                     candidates.push(*i);
                 }
             } else {
-                for g in grams {
-                    if !f.gram_bits.may_contain(g) {
+                for g in &grams {
+                    if !f.gram_bits.may_contain(*g) {
                         continue;
                     }
-                    if let Some(items) = f.by_gram.get(&g) {
+                    if let Some(items) = f.by_gram.get(g) {
                         candidates.extend(items.iter().copied());
                     }
                 }
@@ -510,7 +576,7 @@ impl BenchmarkIndex {
             let mut q: Option<Vec<char>> = None;
             for i in candidates {
                 let chars = &f.chars[i as usize];
-                if !crate::fuzzy::lengths_allow(chars.len(), q_len, threshold) {
+                if !fc.candidate(&grams, q_len, &f.grams[i as usize], chars.len()) {
                     continue;
                 }
                 let q = q.get_or_insert_with(|| fc.prepare_from(&prepared, text));
@@ -533,7 +599,7 @@ impl BenchmarkIndex {
 
 /// Bump when what [`BenchmarkIndex::matches`] returns for a text can change: it is part of
 /// every memo digest, so that verdicts of an older matcher are never reused.
-const MEMO_VERSION: u32 = 1;
+const MEMO_VERSION: u32 = 2;
 
 /// One decontamination operator's verdicts under one benchmark index, for the next run: which
 /// texts are clean and what the others matched (question ids zeroed: a verdict is a function
@@ -913,7 +979,8 @@ pub fn apply_matches<'s>(
 }
 
 /// Batch reference: every match between live questions and live items, brute force (every pair
-/// compared through n-gram sets and the full Indel ratio, no index).
+/// compared through n-gram sets, and every pair the fuzzy candidate rule admits through the
+/// full Indel ratio; no index).
 pub fn reference_matches(
     cfg: &DecontamConfig,
     questions: &[(QuestionId, String)],
@@ -954,8 +1021,12 @@ pub fn reference_matches(
     if let Some(fc) = &cfg.fuzzy {
         for (qid, text) in questions {
             let q = fc.prepare(text);
+            let q_grams = fc.candidate_grams(text);
             for item in items {
                 let a = fc.prepare(&item.text);
+                if !fc.candidate(&q_grams, q.len(), &fc.candidate_grams(&item.text), a.len()) {
+                    continue;
+                }
                 let r = Pattern::new(&a).ratio(&q);
                 if r >= fc.threshold() {
                     out.insert(Match {

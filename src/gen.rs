@@ -1206,9 +1206,12 @@ pub fn recipe(opts: &GenOptions) -> String {
             .join(", "),
         opts.samples
     ));
+    // About 300 rows a shard (1 MB at 200-word answers): a refresh rewrites the shards its
+    // rows touch, so smaller shards make it rewrite fewer bytes (4096 at scale 1.0).
+    let rows = (75_000.0 * opts.scale).ceil() as u64 * opts.samples as u64;
     t.push_str(&format!(
-        "[sink]\nshards = {}\n# A first build's rows are the dataset: log only what changes after it.\nchanges = \"updates\"\n",
-        ((64.0 * opts.scale).ceil() as u64).clamp(4, 64)
+        "[sink]\n# About 300 rows a shard: a refresh rewrites only the shards whose rows changed.\nshards = {}\n# A first build's rows are the dataset: log only what changes after it.\nchanges = \"updates\"\n",
+        (rows / 300).next_power_of_two().clamp(4, 4096)
     ));
     t
 }

@@ -823,7 +823,8 @@ pub fn build(
         // id: changes, counts, changelog), and to the one that owns their shard (by content
         // hash range: the shard files and their manifest fragments).
         let shards = recipe.sink.shards;
-        let mut dataset = DatasetChanges::new(dirs.clone(), naming.clone(), shards, index, peers);
+        let parts = crate::sink::change_parts(shards);
+        let mut dataset = DatasetChanges::new(dirs.clone(), naming.clone(), parts, index, peers);
         let changelog = recipe.sink.kafka.clone().zip(kafka.clone());
         dataset.report_changes = changelog.is_some();
         dataset.log = recipe.sink.changes;
@@ -835,12 +836,12 @@ pub fn build(
         let dataset_events = thoughtflow_operators::epoch::first_epoch_unary(
             rows.clone(),
             Exchange::new(move |u: &((RowKey, Row), Epoch, isize)| {
-                crate::sink::change_part_of((u.0).0.question, shards) as u64
+                crate::sink::change_part_of((u.0).0.question, parts) as u64
             }),
             "DatasetChanges",
             move |epoch, updates, out: &mut Vec<(SinkEvent, isize)>| {
                 let r = timed("DatasetChanges", || {
-                    dataset.borrow_mut().epoch(epoch, shards, updates, out)
+                    dataset.borrow_mut().epoch(epoch, parts, updates, out)
                 });
                 if let Err(e) = r {
                     errors

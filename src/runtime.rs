@@ -569,7 +569,7 @@ fn drive(
     if errors.borrow().is_empty() {
         changes
             .borrow()
-            .save_state(recipe.sink.shards)
+            .save_state(crate::sink::change_parts(recipe.sink.shards))
             .map_err(|e| format!("saving the dataset's row state: {e}"))?;
     }
     Ok((index == 0).then_some((epoch, last_stats)))

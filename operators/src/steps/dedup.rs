@@ -43,6 +43,11 @@ pub fn dedup_exact<'s>(
             // it (taken when the group is first touched); the updates go straight in.
             let mut touched: Vec<ContentHash> = Vec::new();
             let mut before: HashMap<ContentHash, Vec<(Verdict, isize)>> = HashMap::default();
+            // Room for as many new groups as updates, made once (a run's first epoch brings
+            // millions: grown by doubling, each step rehashes or copies into fresh pages).
+            let n: usize = batches.iter().map(Vec::len).sum();
+            groups.reserve(n);
+            touched.reserve(n);
             // The questions move from the batches into the groups (each batch freed once read:
             // in a run's first epoch the stash and the groups are not both whole at once).
             let updates = std::mem::take(batches)
@@ -103,6 +108,13 @@ struct Groups {
 }
 
 impl Groups {
+    /// Makes room for `n` more groups.
+    fn reserve(&mut self, n: usize) {
+        let new = n.saturating_sub(self.free.len());
+        self.index.reserve(n);
+        self.slots.reserve(new);
+    }
+
     /// The group of `hash`, made empty if there is none.
     fn entry(&mut self, hash: ContentHash) -> &mut Group {
         let slots = &mut self.slots;

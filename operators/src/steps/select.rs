@@ -263,7 +263,19 @@ where
         // members out of the batches (moved, each batch freed once read), are built in one go
         // (full B-tree nodes; inserting one by one leaves them a third empty) and emit each
         // member's verdict from the group. The other updates stay for the passes below.
-        let mut fresh: BTreeMap<GroupKey, Vec<(Member, isize)>> = BTreeMap::new();
+        // Each fresh group's Vec is sized first (by a count of its members): millions of
+        // members grown by doubling cost a copy and fresh zeroed pages per doubling.
+        let mut sizes_of: BTreeMap<GroupKey, usize> = BTreeMap::new();
+        for u in batches.iter().flatten() {
+            let key = per.key(&(u.0).1);
+            if groups.get(&key).is_none_or(|g| g.members.is_empty()) {
+                *sizes_of.entry(key).or_default() += 1;
+            }
+        }
+        let mut fresh: BTreeMap<GroupKey, Vec<(Member, isize)>> = sizes_of
+            .into_iter()
+            .map(|(key, n)| (key, Vec::with_capacity(n)))
+            .collect();
         let mut rest: Vec<((QuestionId, Question), Epoch, isize)> = Vec::new();
         for batch in std::mem::take(batches) {
             for u in batch {

@@ -223,6 +223,24 @@ pub fn ngrams_of_hashes(units: &[u64], n: usize) -> Vec<u64> {
     }
 }
 
+/// The hash of one window of units: the element of [`ngrams_of_hashes`] for that window.
+#[inline]
+pub fn ngram_of_window(window: &[u64]) -> u64 {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: a `[u64]` slice is `8 * len` initialized bytes, any alignment is fine for u8.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(window.as_ptr() as *const u8, std::mem::size_of_val(window))
+        };
+        xxh3_64_with_seed(bytes, SEED_GRAM)
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        let buf: Vec<u8> = window.iter().flat_map(|u| u.to_le_bytes()).collect();
+        xxh3_64_with_seed(&buf, SEED_GRAM)
+    }
+}
+
 /// The normalized words of the `index`-th word n-gram of a text (for audit spans).
 pub fn word_ngram_span(text: &str, n: usize, index: usize) -> String {
     let normalized = normalize(text);

@@ -155,6 +155,27 @@ impl NgramConfig {
             .collect()
     }
 
+    /// [`NgramConfig::evidence_prepared`] for word n-grams, of the windows starting where
+    /// `viable` says (the others are not hashed).
+    fn word_evidence_where(
+        &self,
+        p: &Prepared,
+        skip_numeric: bool,
+        ignored: &[u64],
+        viable: impl Fn(usize) -> bool,
+    ) -> Vec<(usize, u64)> {
+        let n = self.n;
+        if n == 0 || p.word_hashes.len() < n {
+            return Vec::new();
+        }
+        (0..=p.word_hashes.len() - n)
+            .filter(|i| viable(*i))
+            .filter(|i| !(skip_numeric && p.word_numeric[*i..*i + n].iter().all(|x| *x)))
+            .map(|i| (i, hash::ngram_of_window(&p.word_hashes[i..i + n])))
+            .filter(|(_, g)| ignored.binary_search(g).is_err())
+            .collect()
+    }
+
     /// The normalized text of the n-gram at `position`.
     pub fn span(&self, text: &str, position: usize) -> String {
         match &self.unit {
@@ -387,6 +408,10 @@ pub struct BenchmarkIndex {
     /// A one-hash Bloom filter of `grams`' keys: most question n-grams are in no item, and the
     /// filter (a few hundred KB) answers that without a probe of the map (tens of MB).
     gram_bits: GramBits,
+    /// A one-hash Bloom filter of every item's word hashes (normalized words): a word n-gram
+    /// that an item holds is made of such words, so a question's windows with another word
+    /// are not even hashed (a few benchmark items share few long runs with a question).
+    words: GramBits,
     fuzzy: Option<FuzzyIndex>,
 }
 
@@ -442,8 +467,10 @@ impl BenchmarkIndex {
             short: Vec::new(),
             by_len: Vec::new(),
         });
+        let mut words: Vec<u64> = Vec::new();
         for item in items {
             let at = index.items.len() as u32;
+            words.extend(Prepared::new(&item.text).word_hashes);
             if let Some(ng) = &cfg.ngram {
                 let mut seen = HashSet::default();
                 for (_, g) in cfg.item_evidence(ng, item) {
@@ -492,8 +519,24 @@ impl BenchmarkIndex {
             f.gram_bits = GramBits::new(f.by_gram.keys());
         }
         index.gram_bits = GramBits::new(index.grams.keys());
+        words.sort_unstable();
+        words.dedup();
+        index.words = GramBits::new(words.iter());
         index.fuzzy = fuzzy;
         index
+    }
+
+    /// Per word of a prepared question, how many words from it on are item words (by
+    /// [`BenchmarkIndex::words`]): a word n-gram starting there can be an item's only if
+    /// that run is at least n long.
+    fn item_word_runs(&self, p: &Prepared) -> Vec<u32> {
+        let mut runs = vec![0u32; p.word_hashes.len() + 1];
+        for (i, w) in p.word_hashes.iter().enumerate().rev() {
+            if self.words.may_contain(*w) {
+                runs[i] = runs[i + 1] + 1;
+            }
+        }
+        runs
     }
 
     pub fn is_empty(&self) -> bool {
@@ -507,10 +550,21 @@ impl BenchmarkIndex {
         }
         let mut out = Vec::new();
         let prepared = Prepared::new(text);
+        let word_unit = matches!(cfg.ngram.as_ref().map(|ng| &ng.unit), Some(NgramUnit::Word));
+        let runs = (word_unit || cfg.fuzzy.is_some()).then(|| self.item_word_runs(&prepared));
         if let Some(ng) = &cfg.ngram {
             // item -> (first position, distinct shared grams)
             let mut hits: BTreeMap<u32, (usize, HashSet<u64>)> = BTreeMap::new();
-            for (pos, g) in ng.evidence_prepared(&prepared, text, cfg.skip_numeric, &cfg.ignored) {
+            let evidence = match (&ng.unit, &runs) {
+                // Only windows of item words can be an item's n-gram (the others are not hashed).
+                (NgramUnit::Word, Some(runs)) => {
+                    ng.word_evidence_where(&prepared, cfg.skip_numeric, &cfg.ignored, |i| {
+                        runs[i] as usize >= ng.n
+                    })
+                }
+                _ => ng.evidence_prepared(&prepared, text, cfg.skip_numeric, &cfg.ignored),
+            };
+            for (pos, g) in evidence {
                 if !self.gram_bits.may_contain(g) {
                     continue;
                 }
@@ -548,11 +602,23 @@ impl BenchmarkIndex {
             } else {
                 text.chars().count()
             };
-            let mut grams = hash::ngrams_of_hashes(&prepared.word_hashes, fc.candidate_ngram);
-            grams.sort_unstable();
-            grams.dedup();
+            // The question's candidate n-grams made of item words only: the others are in no
+            // item's `G`, so neither select nor count. (Sorted and deduplicated only when a
+            // candidate needs the count: most questions have none.)
+            let cn = fc.candidate_ngram;
+            let has_grams = cn > 0 && prepared.word_hashes.len() >= cn;
+            let runs = runs.as_ref().expect("made with fuzzy");
+            let mut grams: Vec<u64> = if has_grams {
+                (0..=prepared.word_hashes.len() - cn)
+                    .filter(|i| runs[*i] as usize >= cn)
+                    .map(|i| hash::ngram_of_window(&prepared.word_hashes[i..i + cn]))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let mut sorted = false;
             let mut candidates: Vec<u32> = f.short.clone();
-            if grams.is_empty() {
+            if !has_grams {
                 let (lo, hi) = crate::fuzzy::length_range(q_len, threshold);
                 let start = f.by_len.partition_point(|(l, _)| *l < lo);
                 for (l, i) in &f.by_len[start..] {
@@ -576,7 +642,18 @@ impl BenchmarkIndex {
             let mut q: Option<Vec<char>> = None;
             for i in candidates {
                 let chars = &f.chars[i as usize];
-                if !fc.candidate(&grams, q_len, &f.grams[i as usize], chars.len()) {
+                if !sorted {
+                    grams.sort_unstable();
+                    grams.dedup();
+                    sorted = true;
+                }
+                // The candidate rule ([`FuzzyConfig::candidate`]), on the n-grams that count.
+                let i_grams = &f.grams[i as usize];
+                if !crate::fuzzy::lengths_allow(chars.len(), q_len, threshold)
+                    || (has_grams
+                        && !i_grams.is_empty()
+                        && shared_count(&grams, i_grams) < fc.needed(i_grams.len()))
+                {
                     continue;
                 }
                 let q = q.get_or_insert_with(|| fc.prepare_from(&prepared, text));

@@ -1808,71 +1808,6 @@ pub struct AuditTable<T: Ord + Clone + Hash> {
     pub spliced: u64,
 }
 
-/// Records an audit table renders at once (about 1.5 MB of lines).
-const AUDIT_BLOCK: usize = 1 << 13;
-
-/// The rendered lines of a block of audit records (each with its newline), made on two
-/// threads: the first half's on a scoped thread, the second half's on the caller's.
-#[derive(Default)]
-struct RenderedBlock {
-    halves: [Vec<u8>; 2],
-    ends: [Vec<usize>; 2],
-}
-
-impl RenderedBlock {
-    /// Renders the records of `block` that are not copied (`copies` and a known line).
-    fn render<T: Sync>(
-        &mut self,
-        block: &[(&T, &mut Held)],
-        copies: bool,
-        render: &(impl Fn(&T, &mut dyn Write) -> std::io::Result<()> + Sync),
-    ) -> std::io::Result<()> {
-        fn half<T>(
-            records: &[(&T, &mut Held)],
-            copies: bool,
-            render: &impl Fn(&T, &mut dyn Write) -> std::io::Result<()>,
-            out: &mut Vec<u8>,
-            ends: &mut Vec<usize>,
-        ) -> std::io::Result<()> {
-            out.clear();
-            ends.clear();
-            for (t, held) in records {
-                if !(held.len > 0 && copies) {
-                    render(t, out)?;
-                    out.push(b'\n');
-                    ends.push(out.len());
-                }
-            }
-            Ok(())
-        }
-        let (first, second) = block.split_at(block.len() / 2);
-        let [h0, h1] = &mut self.halves;
-        let [e0, e1] = &mut self.ends;
-        if block.len() < 64 {
-            half(first, copies, render, h0, e0)?;
-            return half(second, copies, render, h1, e1);
-        }
-        std::thread::scope(|scope| {
-            let other = scope.spawn(|| half(first, copies, render, h0, e0));
-            let mine = half(second, copies, render, h1, e1);
-            other.join().expect("audit render thread")?;
-            mine
-        })
-    }
-
-    /// The rendered lines, in order.
-    fn lines(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        (0..2).flat_map(move |h| {
-            let buf = &self.halves[h];
-            let ends = &self.ends[h];
-            (0..ends.len()).map(move |i| {
-                let start = if i == 0 { 0 } else { ends[i - 1] };
-                &buf[start..ends[i]]
-            })
-        })
-    }
-}
-
 /// A record of an [`AuditTable`]: its multiplicity and where its lines are in the group's
 /// file (`len == 0`: not there as it stands, so rendered at the next rewrite).
 #[derive(Clone, Copy, Debug, Default)]
@@ -1987,11 +1922,8 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         &mut self,
         updates: impl IntoIterator<Item = (T, isize)>,
         group: impl Fn(&T) -> G,
-        render: impl Fn(&T, &mut dyn Write) -> std::io::Result<()> + Sync,
-    ) -> std::io::Result<()>
-    where
-        T: Sync,
-    {
+        render: impl Fn(&T, &mut dyn Write) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let mut changed: BTreeSet<String> = BTreeSet::new();
         // Records of groups that hold none yet are gathered and their tables built in one go
         // (full B-tree nodes; inserting one by one leaves nodes a third to a half empty).
@@ -2116,30 +2048,17 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
             let mut w = Hashing::new(w);
             {
                 let mut lines = LineWriter::new(&mut w, std::fs::File::open(&path).ok());
-                let copies = lines.copies();
-                // In blocks of records: the lines to render are rendered on two threads (a
-                // group can hold millions of records, and this sink runs on one worker), then
-                // written in order with the copied ones.
-                let mut records = table.iter_mut();
-                let mut block: Vec<(&T, &mut Held)> = Vec::with_capacity(AUDIT_BLOCK);
-                let mut rendered = RenderedBlock::default();
-                loop {
-                    block.clear();
-                    block.extend(records.by_ref().take(AUDIT_BLOCK));
-                    if block.is_empty() {
-                        break;
-                    }
-                    rendered.render(&block, copies, &render)?;
-                    let mut lines_of = rendered.lines();
-                    for (_, held) in block.iter_mut() {
-                        (held.at, held.len) = if held.len > 0 && copies {
-                            self.spliced += 1;
-                            (lines.copy(held.at, held.len)?, held.len)
-                        } else {
-                            let line = lines_of.next().expect("one line a rendered record");
-                            lines.write(line, held.count.max(0) as usize)?
-                        };
-                    }
+                let mut line = Vec::new();
+                for (t, held) in table.iter_mut() {
+                    (held.at, held.len) = if held.len > 0 && lines.copies() {
+                        self.spliced += 1;
+                        (lines.copy(held.at, held.len)?, held.len)
+                    } else {
+                        line.clear();
+                        render(t, &mut line)?;
+                        line.push(b'\n');
+                        lines.write(&line, held.count.max(0) as usize)?
+                    };
                 }
                 lines.flush()?;
             }

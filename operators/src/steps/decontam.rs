@@ -240,7 +240,7 @@ impl NgramConfig {
     ) -> Vec<(usize, u64)> {
         let mut token_numeric = Vec::new();
         let grams = match &self.unit {
-            NgramUnit::Word => hash::ngrams_of_hashes(&p.word_hashes, self.n),
+            NgramUnit::Word => return self.word_evidence_where(p, skip_numeric, ignored, |_| true),
             NgramUnit::Char => {
                 let chars: Vec<u64> = p.normalized.chars().map(|c| c as u64).collect();
                 hash::ngrams_of_hashes(&chars, self.n)
@@ -253,11 +253,8 @@ impl NgramConfig {
         };
         let numeric = |i: usize| {
             skip_numeric
-                && match &self.unit {
-                    NgramUnit::Word => p.word_numeric[i..i + self.n].iter().all(|x| *x),
-                    NgramUnit::Token(_) => token_numeric[i..i + self.n].iter().all(|x| *x),
-                    NgramUnit::Char => false,
-                }
+                && matches!(self.unit, NgramUnit::Token(_))
+                && token_numeric[i..i + self.n].iter().all(|x| *x)
         };
         grams
             .into_iter()

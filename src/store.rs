@@ -236,6 +236,49 @@ impl TextLookup for DiskTexts {
             }
         })
     }
+
+    /// Texts in file order: each read takes a text and the wanted ones that follow it within
+    /// [`READ_SPAN`], so that matching every question reads the file sequentially, a few
+    /// thousand reads in all instead of one per text.
+    fn visit_many(&self, keys: &[TextRef], f: &mut dyn FnMut(usize, &str)) -> usize {
+        let mut located: Vec<(u64, u32, usize)> = Vec::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            if let Some((at, len)) = self.shard(*key).read().expect("text index lock").get(key) {
+                located.push((*at, *len, i));
+            }
+        }
+        located.sort_unstable();
+        if let Some(end) = located.iter().map(|(at, len, _)| at + *len as u64).max() {
+            self.ensure_flushed(end, 0);
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_at = 0u64;
+        let mut found = 0;
+        for (k, &(at, len, i)) in located.iter().enumerate() {
+            let end = at + len as u64;
+            if at < buf_at || end > buf_at + buf.len() as u64 {
+                // Read from this text to the end of the last wanted one within reach.
+                let reach = located[k..]
+                    .iter()
+                    .take_while(|(a, l, _)| a + *l as u64 <= at + READ_SPAN.max(len as u64))
+                    .map(|(a, l, _)| a + *l as u64)
+                    .max()
+                    .unwrap_or(end);
+                buf.resize((reach - at) as usize, 0);
+                if self.reader.read_exact_at(&mut buf, at).is_err() {
+                    buf.clear();
+                    continue;
+                }
+                buf_at = at;
+            }
+            let bytes = &buf[(at - buf_at) as usize..(end - buf_at) as usize];
+            if let Ok(text) = std::str::from_utf8(bytes) {
+                f(i, text);
+                found += 1;
+            }
+        }
+        found
+    }
 }
 
 /// Where a store keeps its texts.
@@ -253,6 +296,10 @@ impl Texts {
     }
 }
 
+/// How far a [`DiskTexts::visit_many`] read reaches past the text it starts at, to take the
+/// texts that follow with it.
+const READ_SPAN: u64 = 1 << 20;
+
 impl TextLookup for Texts {
     fn get(&self, key: TextRef) -> Option<Arc<str>> {
         match self {
@@ -265,6 +312,13 @@ impl TextLookup for Texts {
         match self {
             Texts::Memory(m) => m.visit(key, f),
             Texts::Disk(d) => d.visit(key, f),
+        }
+    }
+
+    fn visit_many(&self, keys: &[TextRef], f: &mut dyn FnMut(usize, &str)) -> usize {
+        match self {
+            Texts::Memory(m) => m.visit_many(keys, f),
+            Texts::Disk(d) => d.visit_many(keys, f),
         }
     }
 }
@@ -487,6 +541,49 @@ mod tests {
         let key = text_ref(text);
         texts.put_with_key(key, text);
         key
+    }
+
+    /// `visit_many` finds every stored key once, with its own text, in file order, across
+    /// reads of more than one span (texts larger than a span included), texts still buffered
+    /// included, and skips keys that are not stored.
+    #[test]
+    fn visit_many_reads_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let texts = DiskTexts::open(&dir.path().join("texts-0.bin")).unwrap();
+        let mut stored: Vec<(TextRef, String)> = Vec::new();
+        for i in 0..3000 {
+            // Mostly short texts, a few longer than a read span.
+            let text = if i % 1000 == 999 {
+                format!("{i} {}", "long ".repeat(READ_SPAN as usize / 4))
+            } else {
+                format!("text number {i} {}", "ü".repeat(i % 7))
+            };
+            stored.push((put(&texts, &text), text));
+        }
+        texts.flush().unwrap();
+        let late = "put after the flush, still buffered";
+        stored.push((put(&texts, late), late.to_string()));
+        // Every other text, in reverse, and two keys that are not stored.
+        let mut keys: Vec<TextRef> = stored.iter().rev().step_by(2).map(|(k, _)| *k).collect();
+        keys.insert(3, text_ref("absent one"));
+        keys.push(text_ref("absent two"));
+        let mut seen: Vec<usize> = Vec::new();
+        let found = texts.visit_many(&keys, &mut |i, text| {
+            let want = stored
+                .iter()
+                .find(|(k, _)| *k == keys[i])
+                .map(|(_, t)| t.as_str());
+            assert_eq!(Some(text), want, "key {i}");
+            seen.push(i);
+        });
+        assert_eq!(found, keys.len() - 2);
+        assert_eq!(seen.len(), found);
+        // In file order: the keys were given newest first, so they come back reversed.
+        let mut expected: Vec<usize> = (0..keys.len())
+            .filter(|i| *i != 3 && *i != keys.len() - 1)
+            .collect();
+        expected.reverse();
+        assert_eq!(seen, expected);
     }
 
     /// Texts put by one run are found by the next without being put again, and a torn end

@@ -170,6 +170,246 @@ pub fn for_each_word(normalized: &str, mut f: impl FnMut(&str)) {
     }
 }
 
+/// Bit masks of a 64-byte block of ASCII: `(alphanumeric, letter, whitespace)`, bit i for
+/// byte i. (Whitespace as [`normalize`] has it: ' ' and \t \n \x0b \x0c \r.)
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn classify64(block: &[u8; 64]) -> (u64, u64, u64) {
+    use std::arch::x86_64::*;
+    let (mut alnum, mut letter, mut space) = (0u64, 0u64, 0u64);
+    for (k, chunk) in block.chunks_exact(16).enumerate() {
+        // SAFETY: SSE2 is part of x86_64; the load is unaligned and reads 16 bytes of `chunk`.
+        let (a, l, w) = unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr() as *const __m128i);
+            let set = |b: u8| _mm_set1_epi8(b as i8);
+            // ASCII bytes are below 0x80, so signed compares order them as unsigned ones.
+            let within = |x, lo: u8, hi: u8| {
+                _mm_and_si128(
+                    _mm_cmpgt_epi8(x, set(lo - 1)),
+                    _mm_cmplt_epi8(x, set(hi + 1)),
+                )
+            };
+            // Setting bit 5 lowercases a letter and maps no other byte into 'a'..='z'.
+            let letter = within(_mm_or_si128(v, set(0x20)), b'a', b'z');
+            let digit = within(v, b'0', b'9');
+            let space = _mm_or_si128(_mm_cmpeq_epi8(v, set(b' ')), within(v, b'\t', b'\r'));
+            (
+                _mm_movemask_epi8(_mm_or_si128(letter, digit)) as u32 as u64,
+                _mm_movemask_epi8(letter) as u32 as u64,
+                _mm_movemask_epi8(space) as u32 as u64,
+            )
+        };
+        alnum |= a << (16 * k);
+        letter |= l << (16 * k);
+        space |= w << (16 * k);
+    }
+    (alnum, letter, space)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn classify64(block: &[u8; 64]) -> (u64, u64, u64) {
+    let (mut alnum, mut letter, mut space) = (0u64, 0u64, 0u64);
+    for (i, b) in block.iter().enumerate() {
+        alnum |= (b.is_ascii_alphanumeric() as u64) << i;
+        letter |= (b.is_ascii_alphabetic() as u64) << i;
+        space |= ((*b == b' ' || (b'\t'..=b'\r').contains(b)) as u64) << i;
+    }
+    (alnum, letter, space)
+}
+
+/// Bits `0..n` set (n <= 64).
+#[inline]
+fn low_bits(n: u32) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// The first bytes of xxh3's default secret: what its paths for inputs of up to 16 bytes read.
+const XXH3_SECRET: [u8; 56] = [
+    0xb8, 0xfe, 0x6c, 0x39, 0x23, 0xa4, 0x4b, 0xbe, 0x7c, 0x01, 0x81, 0x2c, 0xf7, 0x21, 0xad, 0x1c,
+    0xde, 0xd4, 0x6d, 0xe9, 0x83, 0x90, 0x97, 0xdb, 0x72, 0x40, 0xa4, 0xa4, 0xb7, 0xb3, 0x67, 0x1f,
+    0xcb, 0x79, 0xe6, 0x4e, 0xcc, 0xc0, 0xe5, 0x78, 0x82, 0x5a, 0xd0, 0x7d, 0xcc, 0xff, 0x72, 0x21,
+    0xb8, 0x08, 0x46, 0x74, 0xf7, 0x43, 0x24, 0x8e,
+];
+
+const fn secret64(at: usize) -> u64 {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < 8 {
+        v |= (XXH3_SECRET[at + i] as u64) << (8 * i);
+        i += 1;
+    }
+    v
+}
+
+/// `xxh3_64_with_seed(word.to_ascii_lowercase(), SEED_WORD)` for an ASCII alphanumeric word
+/// of 1 to 16 bytes, reading the text in place: xxh3's short paths read only the word's own
+/// bytes (its first and last 4 or 8), and setting bit 5 of each lowercases a letter and
+/// leaves a digit as it is. Checked against the crate by `short_word_hash_is_xxh3`.
+#[inline]
+fn short_word_hash(word: &[u8]) -> u64 {
+    const LOW: u64 = 0x2020_2020_2020_2020;
+    let len = word.len();
+    let seed = SEED_WORD;
+    let xxh3_avalanche = |mut h: u64| {
+        h ^= h >> 37;
+        h = h.wrapping_mul(0x1656_6791_9E37_79F9);
+        h ^ (h >> 32)
+    };
+    if len > 8 {
+        let lo = u64::from_le_bytes(word[..8].try_into().expect("8")) | LOW;
+        let hi = u64::from_le_bytes(word[len - 8..].try_into().expect("8")) | LOW;
+        let input_lo = lo ^ (secret64(24) ^ secret64(32)).wrapping_add(seed);
+        let input_hi = hi ^ (secret64(40) ^ secret64(48)).wrapping_sub(seed);
+        let product = input_lo as u128 * input_hi as u128;
+        let acc = (len as u64)
+            .wrapping_add(input_lo.swap_bytes())
+            .wrapping_add(input_hi)
+            .wrapping_add(product as u64 ^ (product >> 64) as u64);
+        xxh3_avalanche(acc)
+    } else if len >= 4 {
+        let seed = seed ^ (((seed as u32).swap_bytes() as u64) << 32);
+        let first = u32::from_le_bytes(word[..4].try_into().expect("4")) as u64 | (LOW >> 32);
+        let last = u32::from_le_bytes(word[len - 4..].try_into().expect("4")) as u64 | (LOW >> 32);
+        let flip = (secret64(8) ^ secret64(16)).wrapping_sub(seed);
+        let mut h = (last.wrapping_add(first << 32)) ^ flip;
+        // xxh3's strong avalanche
+        h ^= h.rotate_left(49) ^ h.rotate_left(24);
+        h = h.wrapping_mul(0x9FB2_1C65_1E98_DF25);
+        h ^= (h >> 35).wrapping_add(len as u64);
+        h = h.wrapping_mul(0x9FB2_1C65_1E98_DF25);
+        h ^ (h >> 28)
+    } else {
+        let (c1, c2, c3) = (word[0] | 0x20, word[len >> 1] | 0x20, word[len - 1] | 0x20);
+        let combo = (c1 as u32) << 16 | (c2 as u32) << 24 | (c3 as u32) | (len as u32) << 8;
+        let flip = ((secret64(0) as u32 ^ (secret64(4) as u32)) as u64).wrapping_add(seed);
+        // xxh64's avalanche
+        let mut h = combo as u64 ^ flip;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        h ^= h >> 29;
+        h = h.wrapping_mul(0x1656_67B1_9E37_79F9);
+        h ^ (h >> 32)
+    }
+}
+
+/// [`word_hash`] of the ASCII alphanumeric word `bytes[start..end]`, lowercased.
+#[inline]
+fn ascii_word_hash(bytes: &[u8], start: usize, end: usize) -> u64 {
+    let len = end - start;
+    if len <= 16 {
+        return short_word_hash(&bytes[start..end]);
+    }
+    if len > 64 {
+        return xxh3_64_with_seed(&bytes[start..end].to_ascii_lowercase(), SEED_WORD);
+    }
+    let mut lower = [0u8; 64];
+    // Setting bit 5 lowercases letters and leaves digits as they are: 16 bytes at a time
+    // while the text lasts (bytes past the word are copied but not hashed).
+    let whole = len.div_ceil(16) * 16;
+    if start + whole <= bytes.len() {
+        for (dst, src) in lower[..whole]
+            .chunks_exact_mut(16)
+            .zip(bytes[start..start + whole].chunks_exact(16))
+        {
+            let v = u128::from_le_bytes(src.try_into().expect("16"))
+                | 0x2020_2020_2020_2020_2020_2020_2020_2020;
+            dst.copy_from_slice(&v.to_le_bytes());
+        }
+    } else {
+        for (dst, src) in lower.iter_mut().zip(&bytes[start..end]) {
+            *dst = src | 0x20;
+        }
+    }
+    xxh3_64_with_seed(&lower[..len], SEED_WORD)
+}
+
+/// Calls `f(hash, numeric)` for each of [`words`] of [`normalize`]`(text)`, in order: its
+/// [`word_hash`] and whether it is all digits; returns the normalized text's length in
+/// chars. On ASCII text the normalized text is not built: its words are the text's runs of
+/// ASCII alphanumerics, lowercased, found 64 bytes at a time with bit masks, and its length
+/// is counted on the way (no allocation).
+pub fn for_each_word_hash(text: &str, mut f: impl FnMut(u64, bool)) -> usize {
+    if !text.is_ascii() {
+        let normalized = normalize(text);
+        for_each_word(&normalized, |w| {
+            f(word_hash(w), w.chars().all(char::is_numeric))
+        });
+        return normalized.chars().count();
+    }
+    let bytes = text.as_bytes();
+    const NONE: usize = usize::MAX;
+    // A word that runs into the next block: where it started, whether it had a letter.
+    let mut open = NONE;
+    let mut open_letter = false;
+    // The normalized length: bytes but whitespace, plus one space per whitespace run that
+    // follows a kept byte (less a trailing one).
+    let mut spaces = 0u32;
+    let mut gaps = 0u32;
+    let mut previous_space = 1u64;
+    let mut last_space = true;
+    let mut padded = [0u8; 64];
+    for (b, chunk) in bytes.chunks(64).enumerate() {
+        let base = b * 64;
+        let block: &[u8; 64] = match chunk.try_into() {
+            Ok(block) => block,
+            Err(_) => {
+                // The tail, padded with zero bytes (neither words nor whitespace).
+                padded[..chunk.len()].copy_from_slice(chunk);
+                &padded
+            }
+        };
+        let (alnum, letter, space) = classify64(block);
+        spaces += space.count_ones();
+        gaps += (space & !((space << 1) | previous_space)).count_ones();
+        previous_space = space >> 63;
+        last_space = (space >> (chunk.len() - 1)) & 1 == 1;
+        let mut bits = alnum;
+        if open != NONE {
+            let end = (!bits).trailing_zeros();
+            open_letter |= letter & low_bits(end) != 0;
+            if end == 64 {
+                continue;
+            }
+            f(
+                ascii_word_hash(bytes, open, base + end as usize),
+                !open_letter,
+            );
+            open = NONE;
+            bits &= !low_bits(end);
+        }
+        while bits != 0 {
+            let s = bits.trailing_zeros();
+            let e = (!bits & (u64::MAX << s)).trailing_zeros();
+            if e == 64 {
+                open = base + s as usize;
+                open_letter = letter >> s != 0;
+                break;
+            }
+            let word = low_bits(e) & !low_bits(s);
+            let hash = ascii_word_hash(bytes, base + s as usize, base + e as usize);
+            f(hash, letter & word == 0);
+            bits &= !word;
+        }
+    }
+    if open != NONE {
+        f(ascii_word_hash(bytes, open, bytes.len()), !open_letter);
+    }
+    if last_space && gaps > 0 {
+        gaps -= 1;
+    }
+    bytes.len() - spaces as usize + gaps as usize
+}
+
+/// The length in chars of [`normalize`]`(text)`, without building it when `text` is ASCII.
+pub fn normalized_len(text: &str) -> usize {
+    for_each_word_hash(text, |_, _| {})
+}
+
 /// The hash of one (normalized) word.
 pub fn word_hash(word: &str) -> u64 {
     xxh3_64_with_seed(word.as_bytes(), SEED_WORD)
@@ -262,6 +502,47 @@ mod tests {
         assert_eq!(normalize("ＡＢＣ ﬁx"), "abc fix");
         assert_eq!(content_hash("Find  x."), content_hash("find x."));
         assert_ne!(content_hash("find x."), content_hash("find y."));
+    }
+
+    proptest::proptest! {
+        /// The one-pass word hashes and length are those of the normalized text, built.
+        #[test]
+        fn word_hashes_and_length_skip_nothing(
+            ascii in "[ a-zA-Z0-9$(),.\t\n\r\\x0b_-]{0,300}",
+            unicode in "(|é|²x|ﬁ|Ａ Ｂ)",
+            long in proptest::bool::ANY,
+        ) {
+            // ASCII texts take the one-pass path; the others normalize first.
+            let text = format!("{ascii}{unicode}");
+            let text = if long { format!("{text} {} x", "Ab9".repeat(30)) } else { text };
+            let normalized = normalize(&text);
+            let expected: Vec<(u64, bool)> = words(&normalized)
+                .map(|w| (word_hash(w), w.chars().all(char::is_numeric)))
+                .collect();
+            let mut got = Vec::new();
+            for_each_word_hash(&text, |h, numeric| got.push((h, numeric)));
+            proptest::prop_assert_eq!(&got, &expected);
+            proptest::prop_assert_eq!(normalized_len(&text), normalized.chars().count());
+        }
+    }
+
+    #[test]
+    fn short_word_hash_is_xxh3() {
+        let alnum = b"aZ09kQx7MmtT3bY";
+        for len in 1..=16 {
+            for shift in 0..alnum.len() {
+                let word: Vec<u8> = (0..len)
+                    .map(|i| alnum[(i * 7 + shift) % alnum.len()])
+                    .collect();
+                let lower = word.to_ascii_lowercase();
+                assert_eq!(
+                    short_word_hash(&word),
+                    xxh3_64_with_seed(&lower, SEED_WORD),
+                    "{}",
+                    String::from_utf8_lossy(&word)
+                );
+            }
+        }
     }
 
     #[test]

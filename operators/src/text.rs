@@ -26,6 +26,18 @@ pub trait TextLookup: Send + Sync + 'static {
             None => false,
         }
     }
+
+    /// Calls `f(i, text)` for each `keys[i]` that is stored, in an order of the store's
+    /// choosing (a store on disk reads in file order, in large sequential reads); returns how
+    /// many keys it found. For matching many texts at once (a new benchmark against every
+    /// question).
+    fn visit_many(&self, keys: &[TextRef], f: &mut dyn FnMut(usize, &str)) -> usize {
+        let mut found = 0;
+        for (i, key) in keys.iter().enumerate() {
+            found += self.visit(*key, &mut |text| f(i, text)) as usize;
+        }
+        found
+    }
 }
 
 const SHARDS: usize = 64;

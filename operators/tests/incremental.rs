@@ -765,7 +765,9 @@ fn decontam_memo_serves_a_replay_and_expires_with_the_benchmarks() {
     };
     let script = vec![epoch0.clone()];
     let (first, reads, memo) = run(&script, Arc::default(), 2);
-    assert_eq!(reads, 3, "a first run reads every question's text");
+    // Questions 1 and 3 share a text and a worker (exchanged by id: 1 and 3 are odd): each
+    // distinct text is read once.
+    assert_eq!(reads, 2, "a first run reads every distinct text once");
     assert_eq!(first[0].len(), 2, "questions 1 and 3 match: {:?}", first[0]);
     assert_eq!(memo.len(), 2, "two distinct texts have a verdict");
     let memo = Arc::new(memo);
@@ -778,6 +780,6 @@ fn decontam_memo_serves_a_replay_and_expires_with_the_benchmarks() {
     let mut changed = epoch0.clone();
     changed.push((item("i2", "an entirely different question about primes"), 1));
     let (out, reads, _) = run(&[changed], Arc::clone(&memo), 2);
-    assert_eq!(reads, 3);
+    assert_eq!(reads, 2);
     assert_eq!(out[0].len(), 3, "question 2 now matches i2: {:?}", out[0]);
 }

@@ -205,28 +205,56 @@ impl NgramConfig {
     }
 }
 
-/// A text normalized once, with its word hashes: what both matchers read.
+/// A text's word hashes (of its normalized words), and its normalized text when asked for:
+/// what both matchers read.
+#[derive(Default)]
 pub struct Prepared {
+    /// Empty unless made with `normalized` (word n-grams never need it).
     pub normalized: String,
     pub word_hashes: Vec<u64>,
     pub word_numeric: Vec<bool>,
+    /// The normalized text's length in chars.
+    pub normalized_len: usize,
 }
 
 impl Prepared {
     pub fn new(text: &str) -> Prepared {
-        let normalized = hash::normalize(text);
-        let mut word_hashes = Vec::with_capacity(normalized.len() / 4);
-        let mut word_numeric = Vec::with_capacity(normalized.len() / 4);
-        hash::for_each_word(&normalized, |w| {
-            word_hashes.push(hash::word_hash(w));
-            word_numeric.push(w.chars().all(|c| c.is_numeric()));
-        });
-        Prepared {
-            normalized,
-            word_hashes,
-            word_numeric,
+        let mut p = Prepared::default();
+        p.fill(text, true);
+        p
+    }
+
+    /// Prepares `text` in these buffers (no allocation once they are large enough); the
+    /// normalized text is made only with `normalized`.
+    pub fn fill(&mut self, text: &str, normalized: bool) {
+        self.word_hashes.clear();
+        self.word_numeric.clear();
+        self.normalized.clear();
+        let (hashes, numeric) = (&mut self.word_hashes, &mut self.word_numeric);
+        if normalized {
+            self.normalized = hash::normalize(text);
+            hash::for_each_word(&self.normalized, |w| {
+                hashes.push(hash::word_hash(w));
+                numeric.push(w.chars().all(|c| c.is_numeric()));
+            });
+            self.normalized_len = self.normalized.chars().count();
+        } else {
+            self.normalized_len = hash::for_each_word_hash(text, |h, n| {
+                hashes.push(h);
+                numeric.push(n);
+            });
         }
     }
+}
+
+/// Buffers reused from one matched text to the next.
+#[derive(Default)]
+pub struct MatchScratch {
+    prepared: Prepared,
+    runs: Vec<u32>,
+    gram_runs: Vec<u32>,
+    grams: Vec<u64>,
+    candidates: Vec<u32>,
 }
 
 impl NgramConfig {
@@ -316,10 +344,10 @@ impl FuzzyConfig {
     }
 
     fn prepare_from(&self, p: &Prepared, raw: &str) -> Vec<char> {
-        if self.normalize {
+        if self.normalize && !p.normalized.is_empty() {
             p.normalized.chars().collect()
         } else {
-            raw.chars().collect()
+            self.prepare(raw)
         }
     }
 }
@@ -383,6 +411,8 @@ fn shared_count(a: &[u64], b: &[u64]) -> usize {
 struct FuzzyIndex {
     /// A one-hash Bloom filter of `by_gram`'s keys: most question n-grams are in no item.
     gram_bits: GramBits,
+    /// A one-hash Bloom filter of every item's candidate n-grams (listed or not).
+    all_bits: GramBits,
     chars: Vec<Vec<char>>,
     patterns: Vec<Pattern>,
     /// Per item, its distinct candidate n-grams (sorted).
@@ -457,6 +487,7 @@ impl BenchmarkIndex {
         let mut index = BenchmarkIndex::default();
         let mut fuzzy = cfg.fuzzy.as_ref().map(|_| FuzzyIndex {
             gram_bits: GramBits::default(),
+            all_bits: GramBits::default(),
             chars: Vec::new(),
             patterns: Vec::new(),
             grams: Vec::new(),
@@ -514,6 +545,7 @@ impl BenchmarkIndex {
                 }
             }
             f.gram_bits = GramBits::new(f.by_gram.keys());
+            f.all_bits = GramBits::new(held.keys());
         }
         index.gram_bits = GramBits::new(index.grams.keys());
         words.sort_unstable();
@@ -526,14 +558,13 @@ impl BenchmarkIndex {
     /// Per word of a prepared question, how many words from it on are item words (by
     /// [`BenchmarkIndex::words`]): a word n-gram starting there can be an item's only if
     /// that run is at least n long.
-    fn item_word_runs(&self, p: &Prepared) -> Vec<u32> {
-        let mut runs = vec![0u32; p.word_hashes.len() + 1];
+    fn item_word_runs(&self, p: &Prepared, runs: &mut Vec<u32>) {
+        runs.clear();
+        runs.resize(p.word_hashes.len() + 1, 0);
         for (i, w) in p.word_hashes.iter().enumerate().rev() {
-            if self.words.may_contain(*w) {
-                runs[i] = runs[i + 1] + 1;
-            }
+            // Branch-free: about half of the words of a text are item words.
+            runs[i] = (runs[i + 1] + 1) * self.words.may_contain(*w) as u32;
         }
-        runs
     }
 
     pub fn is_empty(&self) -> bool {
@@ -542,24 +573,71 @@ impl BenchmarkIndex {
 
     /// The matches of one question text against this index.
     pub fn matches(&self, cfg: &DecontamConfig, question: QuestionId, text: &str) -> Vec<Match> {
+        self.matches_with(cfg, question, text, &mut MatchScratch::default())
+    }
+
+    /// [`BenchmarkIndex::matches`], with buffers kept from one text to the next.
+    pub fn matches_with(
+        &self,
+        cfg: &DecontamConfig,
+        question: QuestionId,
+        text: &str,
+        scratch: &mut MatchScratch,
+    ) -> Vec<Match> {
         if self.items.is_empty() {
             return Vec::new();
         }
         let mut out = Vec::new();
-        let prepared = Prepared::new(text);
+        let MatchScratch {
+            prepared,
+            runs,
+            gram_runs,
+            grams,
+            candidates,
+        } = scratch;
         let word_unit = matches!(cfg.ngram.as_ref().map(|ng| &ng.unit), Some(NgramUnit::Word));
-        let runs = (word_unit || cfg.fuzzy.is_some()).then(|| self.item_word_runs(&prepared));
+        prepared.fill(text, cfg.ngram.is_some() && !word_unit);
+        let prepared = &*prepared;
+        let words = prepared.word_hashes.len();
+        if word_unit || cfg.fuzzy.is_some() {
+            self.item_word_runs(prepared, runs);
+        }
+        // The question's candidate n-grams (fuzzy) that some item holds (windows of item words
+        // only are hashed), and per window how many such n-grams start there in a row: a word
+        // n-gram of an item (n at least the candidate size) is made of the item's candidate
+        // n-grams, so only a window covered by such a run is hashed for the n-gram evidence.
+        let cn = cfg.fuzzy.as_ref().map_or(0, |fc| fc.candidate_ngram);
+        let by_grams = self.fuzzy.is_some() && cn > 0 && words >= cn;
+        grams.clear();
+        gram_runs.clear();
+        if let (Some(f), true) = (&self.fuzzy, by_grams) {
+            gram_runs.resize(words - cn + 2, 0);
+            for i in (0..=words - cn).rev() {
+                if runs[i] as usize >= cn {
+                    let g = hash::ngram_of_window(&prepared.word_hashes[i..i + cn]);
+                    if f.all_bits.may_contain(g) {
+                        grams.push(g);
+                        gram_runs[i] = gram_runs[i + 1] + 1;
+                    }
+                }
+            }
+        }
         if let Some(ng) = &cfg.ngram {
             // item -> (first position, distinct shared grams)
             let mut hits: BTreeMap<u32, (usize, HashSet<u64>)> = BTreeMap::new();
-            let evidence = match (&ng.unit, &runs) {
+            let evidence = match &ng.unit {
                 // Only windows of item words can be an item's n-gram (the others are not hashed).
-                (NgramUnit::Word, Some(runs)) => {
-                    ng.word_evidence_where(&prepared, cfg.skip_numeric, &cfg.ignored, |i| {
+                NgramUnit::Word if by_grams && cn <= ng.n => {
+                    ng.word_evidence_where(prepared, cfg.skip_numeric, &cfg.ignored, |i| {
+                        gram_runs[i] as usize > ng.n - cn
+                    })
+                }
+                NgramUnit::Word => {
+                    ng.word_evidence_where(prepared, cfg.skip_numeric, &cfg.ignored, |i| {
                         runs[i] as usize >= ng.n
                     })
                 }
-                _ => ng.evidence_prepared(&prepared, text, cfg.skip_numeric, &cfg.ignored),
+                _ => ng.evidence_prepared(prepared, text, cfg.skip_numeric, &cfg.ignored),
             };
             for (pos, g) in evidence {
                 if !self.gram_bits.may_contain(g) {
@@ -591,30 +669,18 @@ impl BenchmarkIndex {
             // The compared text's length in chars; the text itself is made only for a candidate
             // whose length allows the threshold (most questions have none).
             let q_len = if fc.normalize {
-                if prepared.normalized.is_ascii() {
-                    prepared.normalized.len()
-                } else {
-                    prepared.normalized.chars().count()
-                }
+                prepared.normalized_len
             } else {
                 text.chars().count()
             };
-            // The question's candidate n-grams made of item words only: the others are in no
-            // item's `G`, so neither select nor count. (Sorted and deduplicated only when a
-            // candidate needs the count: most questions have none.)
-            let cn = fc.candidate_ngram;
-            let has_grams = cn > 0 && prepared.word_hashes.len() >= cn;
-            let runs = runs.as_ref().expect("made with fuzzy");
-            let mut grams: Vec<u64> = if has_grams {
-                (0..=prepared.word_hashes.len() - cn)
-                    .filter(|i| runs[*i] as usize >= cn)
-                    .map(|i| hash::ngram_of_window(&prepared.word_hashes[i..i + cn]))
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            // `grams` holds the question's candidate n-grams that some item holds: the others
+            // are in no item's `G`, so neither select nor count. (Sorted and deduplicated only
+            // when a candidate needs the count: most questions have none.) `G(q)` is empty
+            // when the question has fewer words than the n-gram size.
+            let has_grams = by_grams;
             let mut sorted = false;
-            let mut candidates: Vec<u32> = f.short.clone();
+            candidates.clear();
+            candidates.extend_from_slice(&f.short);
             if !has_grams {
                 let (lo, hi) = crate::fuzzy::length_range(q_len, threshold);
                 let start = f.by_len.partition_point(|(l, _)| *l < lo);
@@ -625,7 +691,7 @@ impl BenchmarkIndex {
                     candidates.push(*i);
                 }
             } else {
-                for g in &grams {
+                for g in grams.iter() {
                     if !f.gram_bits.may_contain(*g) {
                         continue;
                     }
@@ -637,23 +703,24 @@ impl BenchmarkIndex {
             candidates.sort_unstable();
             candidates.dedup();
             let mut q: Option<Vec<char>> = None;
-            for i in candidates {
+            for &i in candidates.iter() {
                 let chars = &f.chars[i as usize];
-                if !sorted {
-                    grams.sort_unstable();
-                    grams.dedup();
-                    sorted = true;
-                }
                 // The candidate rule ([`FuzzyConfig::candidate`]), on the n-grams that count.
-                let i_grams = &f.grams[i as usize];
-                if !crate::fuzzy::lengths_allow(chars.len(), q_len, threshold)
-                    || (has_grams
-                        && !i_grams.is_empty()
-                        && shared_count(&grams, i_grams) < fc.needed(i_grams.len()))
-                {
+                if !crate::fuzzy::lengths_allow(chars.len(), q_len, threshold) {
                     continue;
                 }
-                let q = q.get_or_insert_with(|| fc.prepare_from(&prepared, text));
+                let i_grams = &f.grams[i as usize];
+                if has_grams && !i_grams.is_empty() {
+                    if !sorted {
+                        grams.sort_unstable();
+                        grams.dedup();
+                        sorted = true;
+                    }
+                    if shared_count(grams, i_grams) < fc.needed(i_grams.len()) {
+                        continue;
+                    }
+                }
+                let q = q.get_or_insert_with(|| fc.prepare_from(prepared, text));
                 if let Some(r) = f.patterns[i as usize].ratio_at_least(q, threshold) {
                     let item = &self.items[i as usize];
                     out.push(Match {
@@ -848,21 +915,50 @@ struct Matcher {
 }
 
 impl Matcher {
-    /// The matches of a question's text against `index` (its text read from the store).
-    fn match_text(
+    /// The matches of questions' texts against `index`, each text read once (in the store's
+    /// order) however many questions share it; calls `emit(pair, matches)` for every pair with
+    /// at least one match.
+    fn match_texts(
         texts: &dyn TextLookup,
         cfg: &DecontamConfig,
         index: &BenchmarkIndex,
-        qid: QuestionId,
-        key: TextRef,
-    ) -> Vec<Match> {
-        let mut found = Vec::new();
-        let present = texts.visit(key, &mut |text| found = index.matches(cfg, qid, text));
-        assert!(
-            present,
+        mut pairs: Vec<(QuestionId, TextRef)>,
+        mut emit: impl FnMut((QuestionId, TextRef), Vec<Match>),
+    ) {
+        pairs.sort_unstable_by_key(|(q, t)| (*t, *q));
+        let mut keys: Vec<TextRef> = pairs.iter().map(|(_, t)| *t).collect();
+        keys.dedup();
+        // The questions of keys[i]: pairs[starts[i]..starts[i + 1]].
+        let mut starts: Vec<usize> = Vec::with_capacity(keys.len() + 1);
+        for (at, (_, t)) in pairs.iter().enumerate() {
+            if at == 0 || pairs[at - 1].1 != *t {
+                starts.push(at);
+            }
+        }
+        starts.push(pairs.len());
+        let mut scratch = MatchScratch::default();
+        let found = texts.visit_many(&keys, &mut |i, text| {
+            let group = &pairs[starts[i]..starts[i + 1]];
+            let matches = index.matches_with(cfg, group[0].0, text, &mut scratch);
+            if matches.is_empty() {
+                return;
+            }
+            for &(qid, tref) in group {
+                let mine = matches
+                    .iter()
+                    .map(|m| Match {
+                        question: qid,
+                        ..m.clone()
+                    })
+                    .collect();
+                emit((qid, tref), mine);
+            }
+        });
+        assert_eq!(
+            found,
+            keys.len(),
             "decontaminate: question text missing from the store (stored before ingest)"
         );
-        found
     }
 
     /// Builds the index of the live items if it is not built yet.
@@ -977,16 +1073,16 @@ impl Matcher {
         // (In a first epoch every live question is new, and step 5 matches it.)
         if !keys.is_empty() {
             let delta = BenchmarkIndex::build(&self.cfg, added.iter());
-            for (qid, tref) in keys {
-                let found = Self::match_text(&*self.texts, &self.cfg, &delta, qid, tref);
-                if !found.is_empty() {
-                    out.extend(found.iter().cloned().map(|m| (m, 1)));
-                    self.emitted.entry((qid, tref)).or_default().extend(found);
-                }
-            }
+            let emitted = &mut self.emitted;
+            Self::match_texts(&*self.texts, &self.cfg, &delta, keys, |pair, found| {
+                out.extend(found.iter().cloned().map(|m| (m, 1)));
+                emitted.entry(pair).or_default().extend(found);
+            });
         }
 
-        // 5. Questions that appeared or disappeared: retract what they had, match them anew.
+        // 5. Questions that appeared or disappeared: retract what they had, match them anew
+        // (with the verdict of an earlier run when there is one).
+        let mut unknown = Vec::new();
         for ((qid, tref), (_before, after)) in changed_pairs {
             if let Some(old) = self.emitted.remove(&(qid, tref)) {
                 out.extend(old.into_iter().map(|m| (m, -1)));
@@ -996,19 +1092,24 @@ impl Matcher {
                     .memo
                     .as_ref()
                     .and_then(|m| m.lookup(self.digest, qid, tref));
-                let found = match remembered {
-                    Some(found) => found,
-                    None => {
-                        self.ensure_index();
-                        let index = self.index.as_ref().expect("just built");
-                        Self::match_text(&*self.texts, &self.cfg, index, qid, tref)
+                match remembered {
+                    Some(found) if !found.is_empty() => {
+                        out.extend(found.iter().cloned().map(|m| (m, 1)));
+                        self.emitted.insert((qid, tref), found);
                     }
-                };
-                if !found.is_empty() {
-                    out.extend(found.iter().cloned().map(|m| (m, 1)));
-                    self.emitted.insert((qid, tref), found);
+                    Some(_) => {}
+                    None => unknown.push((qid, tref)),
                 }
             }
+        }
+        if !unknown.is_empty() {
+            self.ensure_index();
+            let index = self.index.as_ref().expect("just built");
+            let emitted = &mut self.emitted;
+            Self::match_texts(&*self.texts, &self.cfg, index, unknown, |pair, found| {
+                out.extend(found.iter().cloned().map(|m| (m, 1)));
+                emitted.insert(pair, found);
+            });
         }
     }
 }

@@ -610,6 +610,7 @@ impl BenchmarkIndex {
         let by_grams = self.fuzzy.is_some() && cn > 0 && words >= cn;
         grams.clear();
         gram_runs.clear();
+        let mut longest_gram_run = 0;
         if let (Some(f), true) = (&self.fuzzy, by_grams) {
             gram_runs.resize(words - cn + 2, 0);
             for i in (0..=words - cn).rev() {
@@ -618,6 +619,7 @@ impl BenchmarkIndex {
                     if f.all_bits.may_contain(g) {
                         grams.push(g);
                         gram_runs[i] = gram_runs[i + 1] + 1;
+                        longest_gram_run = longest_gram_run.max(gram_runs[i] as usize);
                     }
                 }
             }
@@ -627,6 +629,9 @@ impl BenchmarkIndex {
             let mut hits: BTreeMap<u32, (usize, HashSet<u64>)> = BTreeMap::new();
             let evidence = match &ng.unit {
                 // Only windows of item words can be an item's n-gram (the others are not hashed).
+                NgramUnit::Word if by_grams && cn <= ng.n && longest_gram_run <= ng.n - cn => {
+                    Vec::new()
+                }
                 NgramUnit::Word if by_grams && cn <= ng.n => {
                     ng.word_evidence_where(prepared, cfg.skip_numeric, &cfg.ignored, |i| {
                         gram_runs[i] as usize > ng.n - cn

@@ -98,8 +98,8 @@ fn question(i: u64) -> Question {
         text: TextRef(h),
         tokens: (h % 500) as u32,
         chars: (h % 3000) as u32,
-        score: Some((h % 10_000) as i64),
-        difficulty: None,
+        score: Some((h % 10_000) as i64).into(),
+        difficulty: None.into(),
     }
 }
 

@@ -161,8 +161,8 @@ pub fn parse_question(
             text: text_ref,
             tokens: hash::whitespace_tokens(&text),
             chars: text.chars().count() as u32,
-            score: None,
-            difficulty: None,
+            score: None.into(),
+            difficulty: None.into(),
         },
         ext_id,
     })

@@ -275,12 +275,12 @@ impl Naming {
         }
         f(&RowOut {
             conversations,
-            difficulty: q.difficulty,
+            difficulty: q.difficulty.get(),
             domain: q.domain.as_str(),
             question_id: &id,
             row_id: self.row_id(&row.key, &source, &id, has_teacher),
             sample: row.key.sample,
-            score: q.score,
+            score: q.score.get(),
             source: &source,
             teacher: if has_teacher {
                 self.teachers
@@ -2152,7 +2152,7 @@ mod tests {
                 }
             }
         }
-        let question = |id, score, difficulty| Question {
+        let question = |id, score: Option<i64>, difficulty: Option<i64>| Question {
             id,
             source: src,
             text,
@@ -2161,8 +2161,8 @@ mod tests {
             hash: ContentHash(1),
             tokens: 4,
             chars: 14,
-            score,
-            difficulty,
+            score: score.into(),
+            difficulty: difficulty.into(),
         };
         let answers = [
             AnswerText::None,
@@ -2276,8 +2276,8 @@ mod tests {
                 hash: ContentHash(((q * 7 + version) as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
                 tokens: 4,
                 chars: 14,
-                score: Some(q as i64),
-                difficulty: None,
+                score: Some(q as i64).into(),
+                difficulty: None.into(),
             },
             answer: Answer {
                 hash: ContentHash(q as u128),

@@ -85,8 +85,8 @@ fn question(key: &u8, b: &Body) -> Question {
         text: TextRef(b.hash as u128),
         tokens: b.tokens,
         chars: b.tokens * 5,
-        score: b.score,
-        difficulty: None,
+        score: b.score.into(),
+        difficulty: None.into(),
     }
 }
 
@@ -308,8 +308,8 @@ fn decontam_script() -> impl Strategy<Value = (Vec<Vec<(DIn, isize)>>, Vec<Strin
                 text: thoughtflow_operators::hash::text_ref(&text),
                 tokens: *len as u32,
                 chars: text.len() as u32,
-                score: None,
-                difficulty: None,
+                score: None.into(),
+                difficulty: None.into(),
             })
         });
         let b_updates = upserts_to_updates(&bs, |k: &u8, (seed, len): &(u8, usize)| {
@@ -633,8 +633,8 @@ proptest! {
                 text: thoughtflow_operators::hash::text_ref(&text),
                 tokens: 1,
                 chars: text.len() as u32,
-                score: None,
-                difficulty: None,
+                score: None.into(),
+                difficulty: None.into(),
             }
         });
         let cfg = match which {
@@ -710,8 +710,8 @@ fn decontam_memo_serves_a_replay_and_expires_with_the_benchmarks() {
             text: texts.put(text),
             tokens: 1,
             chars: 1,
-            score: None,
-            difficulty: None,
+            score: None.into(),
+            difficulty: None.into(),
         })
     };
     let item = |id: &str, text: &str| {

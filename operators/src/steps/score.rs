@@ -45,9 +45,9 @@ pub fn score_heuristic<'s>(
 ) -> VecCollection<'s, Epoch, (QuestionId, Question)> {
     questions.map(move |(id, mut q)| {
         let s = scorer.score(&q);
-        q.score = Some(s);
+        q.score = Some(s).into();
         if as_difficulty {
-            q.difficulty = Some(s);
+            q.difficulty = Some(s).into();
         }
         (id, q)
     })
@@ -69,9 +69,9 @@ pub fn score_from<'s>(
     let by_key = questions.map(|(id, q)| ((q.hash, q.domain), (id, q)));
     let passed = by_key.clone().join_map(scores, move |_k, (id, q), s| {
         let mut q = q.clone();
-        q.score = Some(*s);
+        q.score = Some(*s).into();
         if as_difficulty {
-            q.difficulty = Some(*s);
+            q.difficulty = Some(*s).into();
         }
         (*id, q)
     });

@@ -113,7 +113,7 @@ fn threshold_verdict(
         reason,
         detail: Detail::Score { score, bound },
     };
-    match q.score {
+    match q.score.get() {
         None => Some(no_score(step, q.id)),
         Some(s) if min.is_some_and(|m| s < m) => {
             Some(reject(Reason::BelowThreshold, s, min.unwrap()))
@@ -176,33 +176,35 @@ pub fn select<'s>(
                 (questions, None)
             };
             let sizes = Arc::new(n.clone());
-            let rule = Arc::new(selection.clone());
+            let by_score = matches!(selection, Selection::TopN { .. });
             // Two rounds of the same top-n: each worker first ranks its own share of each group
             // (by question id), then the group's worker ranks the union of those local
             // selections. The global top n is within that union, and what a worker does not
             // select locally is not selected at all: both rounds' rejections together are
             // exactly the questions not selected. The first round spreads the work of a large
             // group over every worker.
-            let local = top_n(
+            let by_id = Exchange::new(|u: &((QuestionId, Question), Epoch, isize)| (u.0).0 .0);
+            let local = ranked(
+                by_score,
                 scored,
-                Exchange::new(|u: &((QuestionId, Question), Epoch, isize)| (u.0).0 .0),
+                by_id,
                 "SelectLocal",
                 step,
                 per,
                 Arc::clone(&sizes),
-                Arc::clone(&rule),
             );
             let local = StepOutput::from_verdicts(local, "select");
-            let global = top_n(
+            let by_group = Exchange::new(move |u: &((QuestionId, Question), Epoch, isize)| {
+                group_route(per.key(&(u.0).1))
+            });
+            let global = ranked(
+                by_score,
                 local.passed,
-                Exchange::new(move |u: &((QuestionId, Question), Epoch, isize)| {
-                    group_route(per.key(&(u.0).1))
-                }),
+                by_group,
                 "SelectGlobal",
                 step,
                 per,
                 sizes,
-                rule,
             );
             let global = StepOutput::from_verdicts(global, "select");
             let (passed, mut rejected) = (global.passed, local.rejected.concat(global.rejected));
@@ -211,6 +213,26 @@ pub fn select<'s>(
             }
             StepOutput { passed, rejected }
         }
+    }
+}
+
+/// [`top_n`] in the order of the rule (`by_score`: top-n; otherwise the sample order).
+fn ranked<'s, P>(
+    by_score: bool,
+    questions: VecCollection<'s, Epoch, (QuestionId, Question)>,
+    pact: P,
+    name: &str,
+    step: StepId,
+    per: GroupBy,
+    sizes: Arc<GroupSizes>,
+) -> VecCollection<'s, Epoch, Verdict>
+where
+    P: ParallelizationContract<Epoch, Vec<((QuestionId, Question), Epoch, isize)>>,
+{
+    if by_score {
+        top_n::<P, true>(questions, pact, name, step, per, sizes)
+    } else {
+        top_n::<P, false>(questions, pact, name, step, per, sizes)
     }
 }
 
@@ -223,14 +245,51 @@ fn group_route(key: GroupKey) -> u64 {
     }
 }
 
-/// A member of a group: its rank and the question.
-type Member = (Rank, Question);
+/// A member of a group: a question, ordered by its rank first ([`rank`]: by score when
+/// `BY_SCORE`, the top-n order; by hash and id only, the sample order), then by the whole
+/// question: the order of `(rank, question)`, without keeping the rank (32 bytes a member,
+/// some 126 MB at the paper's 4M questions).
+#[derive(Clone, PartialEq, Eq)]
+struct Member<const BY_SCORE: bool>(Question);
+
+impl<const BY_SCORE: bool> Member<BY_SCORE> {
+    fn rank(&self) -> Rank {
+        let score = if BY_SCORE {
+            self.0.score.unwrap_or(i64::MIN)
+        } else {
+            0
+        };
+        (Reverse(score), self.0.hash, self.0.id)
+    }
+}
+
+impl<const BY_SCORE: bool> Ord for Member<BY_SCORE> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank()
+            .cmp(&other.rank())
+            .then_with(|| self.0.cmp(&other.0))
+    }
+}
+
+impl<const BY_SCORE: bool> PartialOrd for Member<BY_SCORE> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// One group's members, in rank order, with the ones currently selected.
-#[derive(Default)]
-struct Ranked {
-    members: BTreeMap<(Rank, Question), isize>,
-    selected: BTreeSet<(Rank, Question)>,
+struct Ranked<const BY_SCORE: bool> {
+    members: BTreeMap<Member<BY_SCORE>, isize>,
+    selected: BTreeSet<Member<BY_SCORE>>,
+}
+
+impl<const BY_SCORE: bool> Default for Ranked<BY_SCORE> {
+    fn default() -> Self {
+        Ranked {
+            members: BTreeMap::new(),
+            selected: BTreeSet::new(),
+        }
+    }
 }
 
 /// Top-n per group as an epoch operator: per epoch, the updates go into their groups' members,
@@ -238,25 +297,24 @@ struct Ranked {
 /// the verdicts that changed are emitted as differences: an update of a member whose verdict
 /// stayed emits that verdict with the update's diff; a member that entered or left the
 /// selection retracts its old verdict and asserts its new one.
-fn top_n<'s, P>(
+fn top_n<'s, P, const BY_SCORE: bool>(
     questions: VecCollection<'s, Epoch, (QuestionId, Question)>,
     pact: P,
     name: &str,
     step: StepId,
     per: GroupBy,
     sizes: Arc<GroupSizes>,
-    rule: Arc<Selection>,
 ) -> VecCollection<'s, Epoch, Verdict>
 where
     P: ParallelizationContract<Epoch, Vec<((QuestionId, Question), Epoch, isize)>>,
 {
-    let mut groups: BTreeMap<GroupKey, Ranked> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Ranked<BY_SCORE>> = BTreeMap::new();
     epoch_unary_batches(questions, pact, name, move |_epoch, batches, emit| {
-        let verdict = |m: &(Rank, Question), selected: bool| -> Verdict {
+        let verdict = |m: &Member<BY_SCORE>, selected: bool| -> Verdict {
             if selected {
-                Ok((m.1.id, m.1.clone()))
+                Ok((m.0.id, m.0.clone()))
             } else {
-                Err(not_selected(step, m.1.id, m.1.score.unwrap_or(0)))
+                Err(not_selected(step, m.0.id, m.0.score.unwrap_or(0)))
             }
         };
         // Groups that have no member yet (all of them in a run's first epoch) take their
@@ -272,7 +330,7 @@ where
                 *sizes_of.entry(key).or_default() += 1;
             }
         }
-        let mut fresh: BTreeMap<GroupKey, Vec<(Member, isize)>> = sizes_of
+        let mut fresh: BTreeMap<GroupKey, Vec<(Member<BY_SCORE>, isize)>> = sizes_of
             .into_iter()
             .map(|(key, n)| (key, Vec::with_capacity(n)))
             .collect();
@@ -282,10 +340,7 @@ where
                 let key = per.key(&(u.0).1);
                 if groups.get(&key).is_none_or(|g| g.members.is_empty()) {
                     let ((_, q), _, r) = u;
-                    fresh
-                        .entry(key)
-                        .or_default()
-                        .push(((rank(&rule, &q), q), r));
+                    fresh.entry(key).or_default().push((Member(q), r));
                 } else {
                     rest.push(u);
                 }
@@ -312,22 +367,22 @@ where
             let key = per.key(q);
             touched.insert(key);
             let members = &mut groups.entry(key).or_default().members;
-            let m = (rank(&rule, q), q.clone());
-            let c = members.entry(m).or_insert(0);
+            let m = Member(q.clone());
+            let c = members.entry(m.clone()).or_insert(0);
             *c += r;
             if *c == 0 {
-                members.remove(&(rank(&rule, q), q.clone()));
+                members.remove(&m);
             }
         }
         // Each touched group's new selection; the members that entered or left it.
-        let mut moved: BTreeMap<GroupKey, BTreeMap<(Rank, Question), isize>> = BTreeMap::new();
-        let mut was_selected: BTreeMap<GroupKey, BTreeSet<(Rank, Question)>> = BTreeMap::new();
+        let mut moved: BTreeMap<GroupKey, BTreeMap<Member<BY_SCORE>, isize>> = BTreeMap::new();
+        let mut was_selected: BTreeMap<GroupKey, BTreeSet<Member<BY_SCORE>>> = BTreeMap::new();
         for key in &touched {
             let group = groups.get_mut(key).expect("touched");
             let keep = sizes.get(key) as usize;
-            let now: BTreeSet<(Rank, Question)> =
+            let now: BTreeSet<Member<BY_SCORE>> =
                 group.members.keys().take(keep).cloned().collect();
-            let changed: BTreeMap<(Rank, Question), isize> = now
+            let changed: BTreeMap<Member<BY_SCORE>, isize> = now
                 .symmetric_difference(&group.selected)
                 .map(|m| (m.clone(), 0))
                 .collect();
@@ -338,7 +393,7 @@ where
         // the members that moved are settled from their counts before and after.
         // Past the last member selected before or now, a member is rejected both times (most
         // of a large group): no lookups.
-        let bounds: BTreeMap<GroupKey, Option<(Rank, Question)>> = touched
+        let bounds: BTreeMap<GroupKey, Option<Member<BY_SCORE>>> = touched
             .iter()
             .map(|key| {
                 let now = groups[key].selected.last();
@@ -347,7 +402,7 @@ where
             .collect();
         for (q, r) in updates() {
             let key = per.key(q);
-            let m = (rank(&rule, q), q.clone());
+            let m = Member(q.clone());
             if bounds[&key].as_ref().is_none_or(|b| m > *b) {
                 emit(verdict(&m, false), r);
             } else if let Some(delta) = moved.get_mut(&key).and_then(|c| c.get_mut(&m)) {

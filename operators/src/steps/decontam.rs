@@ -43,8 +43,9 @@
 //! `(question id, text ref)` pairs (~50 bytes each), and the matches it has emitted (rare).
 //! Arranging every question n-gram instead would cost ~30 bytes x 60 n-grams per question:
 //! 7 GB at the OpenThoughts3 pool size (4M questions), against ~200 MB here. The price is
-//! that adding a benchmark re-reads the question texts once (linear, about a second per
-//! million questions per worker); adding questions costs only their own n-grams. At 10x the
+//! that adding a benchmark re-reads the question texts once (linear: in file order, each
+//! distinct text once, about 3 s per million questions per worker on the development machine);
+//! adding questions costs only their own n-grams. At 10x the
 //! questions the state grows 10x; at 10x the benchmarks only the (small) index grows.
 
 use crate::epoch::{accumulate, epoch_binary_then};

@@ -249,7 +249,28 @@ fn load(path: &std::path::Path) -> Result<Recipe, ExitCode> {
     }
 }
 
+/// mimalloc (v3) keeps freed pages committed for a second before it returns them to the OS.
+/// A build's phases each allocate and free gigabytes (ingest batches, then each step's epoch),
+/// so that delay stacked them in the peak: 4.16 GB at scale 1.0, against 3.83 GB when freed
+/// pages go back at once, at the same speed. `MIMALLOC_PURGE_DELAY` still overrides this.
+#[cfg(not(feature = "system-alloc"))]
+fn tune_allocator() {
+    // `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (v3, the version the crate builds).
+    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+    extern "C" {
+        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: a plain setter of mimalloc's option table, called before any worker starts.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+    }
+}
+
+#[cfg(feature = "system-alloc")]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let progress = match &cli.command {
         Command::Run { progress, .. } => thoughtflow::progress::Progress::new(*progress),

@@ -821,7 +821,7 @@ pub fn build(
 
         // Dataset sink: rows go to the worker that owns their change partition (by question
         // id: changes, counts, changelog), and to the one that owns their shard (by content
-        // hash range: the shard files and their manifest fragments).
+        // hash range: the shard files and their manifest entries).
         let shards = recipe.sink.shards;
         let parts = crate::sink::change_parts(shards);
         let mut dataset = DatasetChanges::new(dirs.clone(), naming.clone(), parts, index, peers);
@@ -852,20 +852,31 @@ pub fn build(
         );
         let mut files = DatasetFiles::new(dirs.clone(), naming.clone(), &recipe.sink, index, peers);
         let errors = Rc::clone(&sink_errors);
-        stats.push(thoughtflow_operators::epoch::first_epoch_unary(
+        // Shards are written on a thread of their own: the worker stays free to move progress
+        // on (the audit sink's epoch can complete meanwhile) and to run its other operators.
+        stats.push(thoughtflow_operators::epoch::first_epoch_sink_offloaded(
             rows,
             Exchange::new(move |u: &((RowKey, Row), Epoch, isize)| {
                 crate::sink::shard_of((u.0).1.question.hash, shards) as u64
             }),
             "DatasetFiles",
-            move |epoch, updates, out: &mut Vec<(StatKey, isize)>| {
+            move |epoch, updates| {
+                let updates: Vec<_> = updates.collect();
                 if !updates.is_empty() {
                     crate::runtime::test_pause("sink");
                 }
-                if let Err(e) = timed("DatasetFiles", || files.epoch(epoch, updates, out)) {
-                    errors
-                        .borrow_mut()
-                        .push(format!("writing dataset shards: {e}"));
+                let mut out = Vec::new();
+                let r = timed("DatasetFiles", || files.epoch(epoch, updates, &mut out));
+                (out, r.err().map(|e| format!("writing dataset shards: {e}")))
+            },
+            move |_epoch,
+                  (out, error): (Vec<(StatKey, isize)>, Option<String>),
+                  emit: &mut dyn FnMut(StatKey, isize)| {
+                if let Some(e) = error {
+                    errors.borrow_mut().push(e);
+                }
+                for (k, d) in out {
+                    emit(k, d);
                 }
             },
         ));
@@ -900,12 +911,15 @@ pub fn build(
         let n2 = naming.clone();
         let step_name = naming.step_namer();
         let errors = Rc::clone(&sink_errors);
-        thoughtflow_operators::epoch::first_epoch_unary_drain(
+        // The audit files are written on a thread of their own (a refresh at the paper's
+        // scale rewrites a 540 MB `hardest.jsonl`), beside this worker's dataset shards; the
+        // epoch is published when both are done.
+        thoughtflow_operators::epoch::first_epoch_sink_offloaded(
             all_rejections,
             Exchange::new(move |_: &(Rejection, Epoch, isize)| last as u64),
             "RejectionSink",
-            move |_epoch, updates, _out: &mut Vec<((), isize)>| {
-                let Some(table) = table.as_mut() else { return };
+            move |_epoch, updates| {
+                let table = table.as_mut()?;
                 let r = timed("RejectionSink", || {
                     table.epoch(
                         updates,
@@ -913,8 +927,11 @@ pub fn build(
                         |r, w| n2.write_rejection(r, w),
                     )
                 });
-                if let Err(e) = r {
-                    errors.borrow_mut().push(format!("writing rejections: {e}"));
+                r.err().map(|e| format!("writing rejections: {e}"))
+            },
+            move |_epoch, error: Option<String>, _out: &mut dyn FnMut((), isize)| {
+                if let Some(e) = error {
+                    errors.borrow_mut().push(e);
                 }
             },
         )

@@ -343,7 +343,7 @@ fn drive(
         .collect();
 
     let mut epoch: Epoch = 0;
-    let mut manifest = (index == 0).then(|| ManifestWriter::open(dirs));
+    let mut manifest = (index == 0).then(|| ManifestWriter::open(dirs, peers));
     let mut last_stats = serde_json::Value::Null;
     let mut last_progress = Instant::now();
     // The catch-up of the inputs present at start (a restart's replay), reported once done.

@@ -10,13 +10,14 @@
 //!  rows --exchange(content-hash shard)--> DatasetFiles (per worker: the shards it owns)
 //!        |  each epoch: apply row diffs, render the changed shards (every owned shard in a
 //!        |  run's first epoch), write each file whose checksum differs from the manifest's
-//!        |  (temp file + rename), write the shard's manifest fragment, count rewritten and
-//!        |  unchanged shards
+//!        |  (temp file + rename), write the worker's manifest file (its shards' entries),
+//!        |  count rewritten and unchanged shards. Runs on a thread of its own per worker.
 //!        v
-//!  OUT/dataset/part-SSSSS.jsonl | .parquet   OUT/dataset/.manifest/part-SSSSS.json
+//!  OUT/dataset/part-SSSSS.jsonl | .parquet   OUT/dataset/.manifest/worker-W-of-P.json
 //!                                    (worker 0 joins them into OUT/dataset/manifest.json,
 //!                                     after the epoch's shards, before stats.json)
-//!  rejections --exchange(last worker)--> OUT/rejections/<step id>.jsonl (current state, per step)
+//!  rejections --exchange(last worker)--> OUT/rejections/<step id>.jsonl (current state, per step;
+//!                                        written on a thread of its own, beside the shards)
 //!  matches    --exchange(0)--> OUT/contamination/matches.jsonl (current state)
 //! ```
 //!
@@ -116,7 +117,8 @@ impl OutDirs {
     pub fn rows_state(&self) -> PathBuf {
         self.dataset().join(".rows")
     }
-    /// `dataset/.manifest/`: one fragment per shard, written by the shard's owner.
+    /// `dataset/.manifest/`: one file per worker (`worker-W-of-P.json`): the entries of the
+    /// shards it owns and what `stat` said of their files.
     pub fn manifest_parts(&self) -> PathBuf {
         self.dataset().join(".manifest")
     }
@@ -174,9 +176,9 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     commit_temp(&tmp, w, path)
 }
 
-/// Like [`write_atomic`], without syncing: for files rewritten at every run's start (a shard's
-/// manifest fragment and `stat` record), which a crash may leave stale or empty but never
-/// half-replaced, and which nothing reads across a crash without checking.
+/// Like [`write_atomic`], without syncing: for files rewritten at every run's start (a
+/// worker's manifest file), which a crash may leave stale or empty but never half-replaced,
+/// and which nothing reads across a crash without checking.
 fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let (tmp, mut w) = temp_writer(path)?;
     w.write_all(contents)?;
@@ -558,6 +560,23 @@ fn temp_writer(path: &Path) -> std::io::Result<(PathBuf, std::io::BufWriter<std:
     // 64 KiB: a buffer the allocator reuses. (A 1 MiB one is a fresh mapping for every file,
     // zeroed page by page: a refresh of 456 of 4096 shards spent a third of its time there.)
     Ok((tmp, std::io::BufWriter::with_capacity(64 << 10, f)))
+}
+
+/// Starts writing a file's dirty pages to disk without waiting (Linux `sync_file_range`;
+/// nothing elsewhere). The `fdatasync` that follows then mostly finds them written: a refresh
+/// that writes hundreds of shards starts their writeback one by one and waits once per shard
+/// at the end, instead of waiting for each disk write in turn.
+fn start_writeback(file: &std::fs::File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on an open descriptor; it reads no memory of ours.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
 }
 
 /// Flushes and syncs a file from [`temp_writer`] and renames it to `path`.
@@ -999,7 +1018,8 @@ pub struct FileEntry {
     pub checksum: String,
 }
 
-/// One shard, as the manifest lists it (and as its fragment in `dataset/.manifest/` holds it).
+/// One shard, as the manifest lists it (and as its owner's file in `dataset/.manifest/` holds
+/// it).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShardEntry {
     pub shard: u32,
@@ -1060,7 +1080,7 @@ pub fn checksum(bytes: &[u8]) -> String {
 /// What `stat` said of a shard file when this process last wrote or checksummed it. While it
 /// still says so (size, modification and change times to the nanosecond, inode), the file is
 /// the one checksummed: any write, replacement or `touch` changes the change time. Kept in
-/// `dataset/.manifest/stat-SSSSS.json`, beside the shard's fragment, never in the manifest.
+/// the owner's `dataset/.manifest/worker-W-of-P.json`, never in the manifest.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct FileStat {
     path: String,
@@ -1084,18 +1104,49 @@ fn file_stat(dir: &Path, file: &FileEntry) -> Option<FileStat> {
     })
 }
 
-fn stat_path(dirs: &OutDirs, shard: u32) -> PathBuf {
-    dirs.manifest_parts().join(format!("stat-{shard:05}.json"))
+/// What one worker of a run with `peers` workers publishes of its shards:
+/// `dataset/.manifest/worker-W-of-P.json`. Worker 0 joins these into `manifest.json`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct WorkerManifest {
+    /// The entries of the shards the worker owns.
+    entries: Vec<ShardEntry>,
+    /// shard -> what `stat` says of its files (for the next run's [`verify`]).
+    stats: BTreeMap<u32, Vec<FileStat>>,
+}
+
+fn worker_manifest_name(worker: usize, peers: usize) -> String {
+    format!("worker-{worker}-of-{peers}.json")
+}
+
+/// The `stat` records of every worker file in `dataset/.manifest/` (of any worker count: a
+/// record that still matches its file is right whichever run wrote it), by shard.
+fn known_stats(dirs: &OutDirs) -> BTreeMap<u32, Vec<FileStat>> {
+    let mut known: BTreeMap<u32, Vec<FileStat>> = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(dirs.manifest_parts()) else {
+        return known;
+    };
+    for e in dir.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("worker-") && name.ends_with(".json")) {
+            continue;
+        }
+        let Some(m) = std::fs::read(e.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<WorkerManifest>(&b).ok())
+        else {
+            continue;
+        };
+        for (shard, stats) in m.stats {
+            known.entry(shard).or_default().extend(stats);
+        }
+    }
+    known
 }
 
 /// Whether every file of `entry` is on disk with its size and checksum: by `stat` when the
-/// file is as this process last saw it, else by reading it.
-fn verify(dirs: &OutDirs, entry: &ShardEntry) -> bool {
+/// file is as this process last saw it (`known`), else by reading it.
+fn verify(dirs: &OutDirs, entry: &ShardEntry, known: &[FileStat]) -> bool {
     let dir = dirs.dataset();
-    let known: Vec<FileStat> = std::fs::read(stat_path(dirs, entry.shard))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
     entry.files.iter().all(|f| {
         let now = file_stat(&dir, f);
         if now.as_ref().is_some_and(|n| known.contains(n)) {
@@ -1106,7 +1157,19 @@ fn verify(dirs: &OutDirs, entry: &ShardEntry) -> bool {
     })
 }
 
-/// The dataset shards one worker owns: their rows, files and manifest fragments.
+/// A shard whose new files are written but not yet in place.
+struct Uncommitted {
+    entry: ShardEntry,
+    /// (temporary file, its descriptor, the file's name) per file written.
+    files: Vec<(PathBuf, std::fs::File, PathBuf)>,
+    /// The JSONL file being replaced, open until its successor is in place.
+    replaced: Option<std::fs::File>,
+}
+
+/// Shards at most waiting to be committed at once (each holds up to three descriptors).
+const UNCOMMITTED_MAX: usize = 64;
+
+/// The dataset shards one worker owns: their rows, files and manifest entries.
 pub struct DatasetFiles {
     dirs: OutDirs,
     naming: Naming,
@@ -1130,6 +1193,15 @@ pub struct DatasetFiles {
     pub spliced: u64,
     /// Rows whose lines were rendered (this run).
     pub rendered: u64,
+    /// shard -> what `stat` said of its files when this run wrote or verified them.
+    stats: BTreeMap<u32, Vec<FileStat>>,
+    /// Whether an entry changed since this worker's manifest file was last written.
+    unpublished: bool,
+    /// Shard files written under their temporary names, their writeback started, to be synced
+    /// and renamed into place (see [`DatasetFiles::commit`]).
+    uncommitted: Vec<Uncommitted>,
+    worker: usize,
+    peers: usize,
 }
 
 /// Where each row of a shard's JSONL file is: (row key, byte offset, line length with its
@@ -1177,11 +1249,28 @@ fn line_ends(path: &Path) -> std::io::Result<(Vec<u64>, u64)> {
     Ok((ends, base))
 }
 
+/// Where a [`LineWriter`] writes: any writer (copies are read into memory and written), or a
+/// buffered file (copies are made by the kernel, file to file, without passing through
+/// memory: `copy_file_range`).
+enum LinesOut<'a> {
+    Any(&'a mut dyn Write),
+    File(&'a mut std::io::BufWriter<std::fs::File>),
+}
+
+impl LinesOut<'_> {
+    fn out(&mut self) -> &mut dyn Write {
+        match self {
+            LinesOut::Any(w) => *w,
+            LinesOut::File(w) => *w,
+        }
+    }
+}
+
 /// Writes a file line by line, each line either copied from the file it replaces (the line
-/// has not changed) or rendered; adjacent copies are joined into one read. Knows where each
+/// has not changed) or rendered; adjacent copies are joined into one. Knows where each
 /// line lands in the new file.
 struct LineWriter<'a> {
-    out: &'a mut dyn Write,
+    out: LinesOut<'a>,
     /// The file being replaced, when its lines can be copied.
     from: Option<std::fs::File>,
     /// A run of bytes of `from` still to copy.
@@ -1192,10 +1281,22 @@ struct LineWriter<'a> {
 }
 
 impl<'a> LineWriter<'a> {
-    /// Bytes read at most at once.
+    /// Bytes read at most at once (copies through memory).
     const MAX_READ: u64 = 8 << 20;
 
     fn new(out: &'a mut dyn Write, from: Option<std::fs::File>) -> Self {
+        Self::to(LinesOut::Any(out), from)
+    }
+
+    /// A writer into a file whose unchanged lines the kernel copies.
+    fn to_file(
+        out: &'a mut std::io::BufWriter<std::fs::File>,
+        from: Option<std::fs::File>,
+    ) -> Self {
+        Self::to(LinesOut::File(out), from)
+    }
+
+    fn to(out: LinesOut<'a>, from: Option<std::fs::File>) -> Self {
         LineWriter {
             out,
             from,
@@ -1213,8 +1314,12 @@ impl<'a> LineWriter<'a> {
     /// Copies `len` bytes at `offset` of the replaced file; returns where they land.
     fn copy(&mut self, offset: u64, len: u32) -> std::io::Result<u64> {
         let end = offset + len as u64;
+        let limit = match self.out {
+            LinesOut::Any(_) => Self::MAX_READ,
+            LinesOut::File(_) => u64::MAX,
+        };
         match &mut self.pending {
-            Some((start, pend)) if *pend == offset && end - *start <= Self::MAX_READ => *pend = end,
+            Some((start, pend)) if *pend == offset && end - *start <= limit => *pend = end,
             _ => {
                 self.flush()?;
                 self.pending = Some((offset, end));
@@ -1229,7 +1334,7 @@ impl<'a> LineWriter<'a> {
     fn write(&mut self, line: &[u8], times: usize) -> std::io::Result<(u64, u32)> {
         self.flush()?;
         for _ in 0..times {
-            self.out.write_all(line)?;
+            self.out.out().write_all(line)?;
         }
         let (at, len) = (self.pos, (line.len() * times) as u64);
         self.pos += len;
@@ -1254,7 +1359,7 @@ impl<'a> LineWriter<'a> {
             }
         }
         self.flush()?;
-        let mut out = Counted(&mut *self.out, 0);
+        let mut out = Counted(self.out.out(), 0);
         f(&mut out)?;
         out.write_all(b"\n")?;
         let (at, len) = (self.pos, out.1);
@@ -1265,13 +1370,125 @@ impl<'a> LineWriter<'a> {
     /// Writes the pending copy.
     fn flush(&mut self) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        if let (Some((start, end)), Some(from)) = (self.pending.take(), &self.from) {
-            self.buf.resize((end - start) as usize, 0);
-            from.read_exact_at(&mut self.buf, start)?;
-            self.out.write_all(&self.buf)?;
+        let (Some((start, end)), Some(from)) = (self.pending.take(), &self.from) else {
+            return Ok(());
+        };
+        match &mut self.out {
+            LinesOut::Any(out) => {
+                self.buf.resize((end - start) as usize, 0);
+                from.read_exact_at(&mut self.buf, start)?;
+                out.write_all(&self.buf)
+            }
+            LinesOut::File(out) => {
+                out.flush()?;
+                copy_range(from, start, end - start, out.get_mut())
+            }
+        }
+    }
+
+    /// Starts the writeback of what is written so far (a file output only; see
+    /// [`start_writeback`]).
+    fn start_writeback(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        if let LinesOut::File(w) = &mut self.out {
+            w.flush()?;
+            start_writeback(w.get_ref());
         }
         Ok(())
     }
+
+    /// Hands back the replaced file, still open: closing the last descriptor of a file
+    /// already replaced (renamed over) frees its pages, which [`close_later`] does on
+    /// another thread.
+    fn into_from(mut self) -> std::io::Result<Option<std::fs::File>> {
+        self.flush()?;
+        Ok(self.from.take())
+    }
+}
+
+/// Appends `len` bytes of `from` at `offset` to `to` (at its position). On Linux the kernel
+/// copies them (`copy_file_range`: no pass through this process's memory); elsewhere, or where
+/// the kernel declines, they are read and written.
+fn copy_range(
+    from: &std::fs::File,
+    offset: u64,
+    len: u64,
+    to: &mut std::fs::File,
+) -> std::io::Result<()> {
+    let (mut offset, mut left) = (offset, len);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        while left > 0 {
+            let mut off_in = offset as libc::loff_t;
+            // SAFETY: both descriptors are open; `off_in` outlives the call; a null output
+            // offset means the output file's position, which the call advances.
+            let n = unsafe {
+                libc::copy_file_range(
+                    from.as_raw_fd(),
+                    &mut off_in,
+                    to.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    left as usize,
+                    0,
+                )
+            };
+            if n > 0 {
+                offset += n as u64;
+                left -= n as u64;
+                continue;
+            }
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file being replaced is shorter than its lines",
+                ));
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => break,
+                _ => return Err(e),
+            }
+        }
+    }
+    if left > 0 {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; left.min(8 << 20) as usize];
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            from.read_exact_at(&mut buf[..n], offset)?;
+            to.write_all(&buf[..n])?;
+            offset += n as u64;
+            left -= n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Closes files on a thread of its own. The last close of a file that has been renamed over
+/// frees its page cache and blocks; a refresh that replaces a 540 MB audit file or hundreds of
+/// shards hands that work off instead of waiting for it.
+fn close_later(file: std::fs::File) {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+    static CLOSER: OnceLock<Mutex<Option<Sender<std::fs::File>>>> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = channel::<std::fs::File>();
+        let spawned = std::thread::Builder::new()
+            .name("file-closer".into())
+            .spawn(move || rx.into_iter().for_each(drop));
+        Mutex::new(spawned.ok().map(|_| tx))
+    });
+    let sent = match closer.lock() {
+        Ok(tx) => match tx.as_ref() {
+            Some(tx) => tx.send(file).map_err(|e| e.0),
+            None => Err(file),
+        },
+        Err(_) => Err(file),
+    };
+    // Without the thread, here.
+    drop(sent);
 }
 
 impl DatasetFiles {
@@ -1291,9 +1508,15 @@ impl DatasetFiles {
             .unwrap_or_default();
         let mut shards = BTreeMap::new();
         let mut entries = BTreeMap::new();
+        let known = if old.is_empty() {
+            BTreeMap::new()
+        } else {
+            known_stats(&dirs)
+        };
         for s in (0..sink.shards).filter(|s| *s as usize % peers == worker) {
             shards.insert(s, BTreeMap::new());
-            if let Some(e) = old.remove(&s).filter(|e| verify(&dirs, e)) {
+            let known = known.get(&s).map(|k| k.as_slice()).unwrap_or(&[]);
+            if let Some(e) = old.remove(&s).filter(|e| verify(&dirs, e, known)) {
                 entries.insert(s, e);
             }
         }
@@ -1310,6 +1533,11 @@ impl DatasetFiles {
             unindexed: BTreeSet::new(),
             spliced: 0,
             rendered: 0,
+            stats: BTreeMap::new(),
+            unpublished: true,
+            uncommitted: Vec::new(),
+            worker,
+            peers,
         }
     }
 
@@ -1390,12 +1618,36 @@ impl DatasetFiles {
         }
         stats.push((StatKey::RowsCopied, (self.spliced - spliced) as isize));
         stats.push((StatKey::RowsRendered, (self.rendered - rendered) as isize));
+        self.commit()?;
         self.started = true;
+        if self.unpublished {
+            self.write_worker_manifest()?;
+        }
+        Ok(())
+    }
+
+    /// Writes this worker's manifest file: its shards' entries and `stat` records. Not
+    /// synced: the manifest (synced) is what a restart trusts; this file is written again in
+    /// every run's first epoch, and a record that does not parse only makes the next start
+    /// checksum the shard's files.
+    fn write_worker_manifest(&mut self) -> std::io::Result<()> {
+        let m = WorkerManifest {
+            entries: self.entries.values().cloned().collect(),
+            stats: std::mem::take(&mut self.stats),
+        };
+        let bytes = serde_json::to_vec(&m).expect("json");
+        self.stats = m.stats;
+        let path = self
+            .dirs
+            .manifest_parts()
+            .join(worker_manifest_name(self.worker, self.peers));
+        replace_file(&path, &bytes)?;
+        self.unpublished = false;
         Ok(())
     }
 
     /// Renders a shard and writes each of its files whose bytes differ from what its entry
-    /// says; writes its manifest fragment. Returns whether a file was written.
+    /// says; records its manifest entry. Returns whether a file was written.
     ///
     /// A JSONL-only shard with a [`LineIndex`] is spliced: the lines of rows whose keys are not
     /// in `touched` (sorted) are copied from the file in place, in runs, and only the touched
@@ -1406,7 +1658,8 @@ impl DatasetFiles {
             if old.rows_digest.as_deref() == Some(digest.as_str()) {
                 // The same rows as the files hold (verified at start): nothing to render.
                 if !self.started {
-                    self.write_fragment(old)?;
+                    let old = old.clone();
+                    self.record_entry(&old)?;
                     if self.format == SinkFormat::Jsonl {
                         self.unindexed.insert(shard);
                     }
@@ -1485,9 +1738,12 @@ impl DatasetFiles {
                     .map_err(std::io::Error::other)?;
             }
         }
-        if let Some(mut w) = jsonl {
-            w.flush()?;
-        }
+        // The replaced file stays open until its successor is renamed over it, and is closed
+        // on another thread (see `close_later`).
+        let replaced = match jsonl {
+            Some(w) => w.into_from()?,
+            None => None,
+        };
         let mut written: Vec<(String, PathBuf, Hashing<std::io::BufWriter<std::fs::File>>)> =
             Vec::new();
         if let Some((name, tmp, w)) = jsonl_out {
@@ -1498,7 +1754,7 @@ impl DatasetFiles {
         }
         let old = self.entries.get(&shard);
         let mut files = Vec::new();
-        let mut wrote = false;
+        let mut to_commit = Vec::new();
         for (name, tmp, mut w) in written {
             w.flush()?;
             let file = FileEntry {
@@ -1511,11 +1767,13 @@ impl DatasetFiles {
                 drop(w);
                 std::fs::remove_file(&tmp)?;
             } else {
-                commit_temp(&tmp, w.inner, &dataset.join(&name))?;
-                wrote = true;
+                let f = w.inner.into_inner().map_err(|e| e.into_error())?;
+                start_writeback(&f);
+                to_commit.push((tmp, f, dataset.join(&name)));
             }
             files.push(file);
         }
+        let wrote = !to_commit.is_empty();
         let entry = match old {
             Some(o) if !wrote && o.files == files => ShardEntry {
                 rows_digest: Some(digest),
@@ -1529,62 +1787,85 @@ impl DatasetFiles {
                 rows_digest: Some(digest),
             },
         };
-        if !self.started || old != Some(&entry) {
-            self.write_fragment(&entry)?;
-        }
-        self.entries.insert(shard, entry);
+        let record = !self.started || old != Some(&entry);
+        self.entries.insert(shard, entry.clone());
         if splicing {
             self.lines.insert(shard, index);
+        }
+        if wrote {
+            // Synced and renamed into place with the epoch's other shards (see `commit`);
+            // the entry is recorded once its files are there.
+            self.uncommitted.push(Uncommitted {
+                entry,
+                files: to_commit,
+                replaced,
+            });
+            if self.uncommitted.len() >= UNCOMMITTED_MAX {
+                self.commit()?;
+            }
+        } else {
+            if let Some(f) = replaced {
+                close_later(f);
+            }
+            if record {
+                self.record_entry(&entry)?;
+            }
         }
         Ok(wrote)
     }
 
-    /// Writes a shard's manifest fragment, and what `stat` says of its files now (for the
-    /// next run's [`verify`]).
-    fn write_fragment(&self, entry: &ShardEntry) -> std::io::Result<()> {
+    /// Puts the shard files written so far in place: syncs each (its writeback began when it
+    /// was written), renames it over the old file, and records its entry. The old files are
+    /// closed on another thread (see [`close_later`]).
+    fn commit(&mut self) -> std::io::Result<()> {
+        for u in std::mem::take(&mut self.uncommitted) {
+            for (tmp, f, path) in u.files {
+                f.sync_data()?;
+                std::fs::rename(tmp, path)?;
+            }
+            if let Some(f) = u.replaced {
+                close_later(f);
+            }
+            self.record_entry(&u.entry)?;
+        }
+        Ok(())
+    }
+
+    /// Records a shard's entry for this worker's manifest file, with what `stat` says of its
+    /// files now (for the next run's [`verify`]).
+    fn record_entry(&mut self, entry: &ShardEntry) -> std::io::Result<()> {
         let stats: Vec<FileStat> = entry
             .files
             .iter()
             .filter_map(|f| file_stat(&self.dirs.dataset(), f))
             .collect();
-        // Neither is synced: the manifest (synced) is what a restart trusts, the fragments are
-        // written again in every run's first epoch, and a `stat` record that does not parse
-        // only makes the next start checksum the shard's files. A file that already holds
-        // these bytes is left as it is (a restart with thousands of unchanged shards).
-        let fragment = self
-            .dirs
-            .manifest_parts()
-            .join(format!("part-{:05}.json", entry.shard));
-        for (path, bytes) in [
-            (
-                stat_path(&self.dirs, entry.shard),
-                serde_json::to_vec(&stats).expect("json"),
-            ),
-            (fragment, serde_json::to_vec(entry).expect("json")),
-        ] {
-            if std::fs::read(&path).ok().as_ref() != Some(&bytes) {
-                replace_file(&path, &bytes)?;
-            }
-        }
+        self.stats.insert(entry.shard, stats);
+        self.unpublished = true;
         Ok(())
     }
 }
 
-/// Joins the shards' manifest fragments into `dataset/manifest.json` (worker 0, after an
-/// epoch's shards are written).
+/// Joins the workers' manifest files (`dataset/.manifest/worker-W-of-P.json`) into
+/// `dataset/manifest.json` (worker 0, after an epoch's shards are written).
 pub struct ManifestWriter {
     run: u64,
+    peers: usize,
     last: Option<(Vec<ShardEntry>, u64)>,
+    /// Whether files of other layouts (another worker count, an older version's per-shard
+    /// fragments) have been removed from `dataset/.manifest/` (after the run's first manifest).
+    tidied: bool,
 }
 
 impl ManifestWriter {
     /// Reads the previous run's manifest (before this run writes one) for the run number.
-    pub fn open(dirs: &OutDirs) -> Self {
+    pub fn open(dirs: &OutDirs, peers: usize) -> Self {
         ManifestWriter {
             run: read_manifest(&dirs.manifest())
                 .map(|m| m.run + 1)
                 .unwrap_or(1),
+            peers,
             last: None,
+            tidied: false,
         }
     }
 
@@ -1596,16 +1877,34 @@ impl ManifestWriter {
         sink: &SinkSpec,
         epoch: Epoch,
     ) -> std::io::Result<bool> {
-        let mut shards = Vec::with_capacity(sink.shards as usize);
-        for s in 0..sink.shards {
-            let path = dirs.manifest_parts().join(format!("part-{s:05}.json"));
+        let mut shards: Vec<Option<ShardEntry>> = vec![None; sink.shards as usize];
+        for w in 0..self.peers {
+            let path = dirs
+                .manifest_parts()
+                .join(worker_manifest_name(w, self.peers));
             let bytes = std::fs::read(&path).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
             })?;
-            let entry: ShardEntry = serde_json::from_slice(&bytes)
+            let m: WorkerManifest = serde_json::from_slice(&bytes)
                 .map_err(|e| std::io::Error::other(format!("reading {}: {e}", path.display())))?;
-            shards.push(entry);
+            for e in m.entries {
+                if let Some(slot) = shards.get_mut(e.shard as usize) {
+                    *slot = Some(e);
+                }
+            }
         }
+        let shards: Vec<ShardEntry> = shards
+            .into_iter()
+            .enumerate()
+            .map(|(s, e)| {
+                e.ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "no worker's manifest file in {} lists shard {s}",
+                        dirs.manifest_parts().display()
+                    ))
+                })
+            })
+            .collect::<std::io::Result<_>>()?;
         let total_rows: u64 = shards
             .iter()
             .map(|e| e.files.first().map(|f| f.rows).unwrap_or(0))
@@ -1627,6 +1926,18 @@ impl ManifestWriter {
         text.push(b'\n');
         write_atomic(&dirs.manifest(), &text)?;
         self.last = Some(now);
+        if !self.tidied {
+            self.tidied = true;
+            let keep: BTreeSet<String> = (0..self.peers)
+                .map(|w| worker_manifest_name(w, self.peers))
+                .collect();
+            for e in std::fs::read_dir(dirs.manifest_parts())?.filter_map(|e| e.ok()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".json") && !keep.contains(&name) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         Ok(true)
     }
 }
@@ -1804,6 +2115,10 @@ pub struct AuditTable<T: Ord + Clone + Hash> {
     /// restart whose audit is unchanged (3.87M `not_selected` records at the paper's scale)
     /// neither sorts nor indexes them.
     pending: BTreeMap<String, Vec<(T, isize)>>,
+    /// group -> the sum, over its records, of multiplicity x 128-bit hash (see
+    /// [`AuditTable::digest`]), kept up to date update by update: an epoch that changes 10k of
+    /// a group's 3.87M records hashes those 10k, not the group.
+    sums: BTreeMap<String, u128>,
     /// Records whose lines were copied from the file in place rather than rendered (this run).
     pub spliced: u64,
 }
@@ -1826,6 +2141,7 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
             written: None,
             unindexed: BTreeSet::new(),
             pending: BTreeMap::new(),
+            sums: BTreeMap::new(),
             spliced: 0,
         }
     }
@@ -1834,20 +2150,18 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         self.dir.join(".digests.json")
     }
 
-    /// The digest of a group's records: of the sum, over records, of multiplicity x 128-bit
-    /// hash (with the rendering context). A sum does not depend on order, so records are
-    /// checked as they come, unsorted and unconsolidated.
-    fn digest<'a>(&self, records: impl Iterator<Item = (&'a T, isize)>) -> String
-    where
-        T: 'a,
-    {
-        let mut one = xxhash_rust::xxh3::Xxh3::new();
-        let mut sum = 0u128;
-        for (t, count) in records {
-            one.reset();
-            t.hash(&mut one);
-            sum = sum.wrapping_add(one.digest128().wrapping_mul(count as i128 as u128));
-        }
+    /// A record's 128-bit hash. A group's digest is made from the sum, over its records, of
+    /// multiplicity x this hash: a sum does not depend on order, so records are counted as
+    /// they come, unsorted and unconsolidated, and an update changes it by its own term.
+    fn record_hash(one: &mut xxhash_rust::xxh3::Xxh3, t: &T) -> u128 {
+        one.reset();
+        t.hash(one);
+        one.digest128()
+    }
+
+    /// The digest of a group whose records' sum (see [`AuditTable::record_hash`]) is `sum`,
+    /// with the rendering context.
+    fn digest(&self, sum: u128) -> String {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(&self.context.to_le_bytes());
         h.update(RENDER_VERSION.as_bytes());
@@ -1928,9 +2242,17 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         // Records of groups that hold none yet are gathered and their tables built in one go
         // (full B-tree nodes; inserting one by one leaves nodes a third to a half empty).
         let mut fresh: BTreeMap<String, Vec<(T, isize)>> = BTreeMap::new();
+        let mut one = xxhash_rust::xxh3::Xxh3::new();
         for (t, d) in updates {
             let g = group(&t);
             let g = g.as_ref();
+            let term = Self::record_hash(&mut one, &t).wrapping_mul(d as i128 as u128);
+            match self.sums.get_mut(g) {
+                Some(sum) => *sum = sum.wrapping_add(term),
+                None => {
+                    self.sums.insert(g.to_string(), term);
+                }
+            }
             if !self.pending.is_empty() && self.pending.contains_key(g) {
                 self.materialize(g);
             }
@@ -1991,7 +2313,7 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
             // At the first epoch, a group whose file holds its records already stays pending:
             // neither sorted nor indexed unless a later epoch changes it.
             if first {
-                let digest = self.digest(records.iter().map(|(t, d)| (t, *d)));
+                let digest = self.digest(self.sums.get(&g).copied().unwrap_or(0));
                 let on_disk = std::fs::metadata(self.dir.join(format!("{g}.jsonl")))
                     .map(|m| m.len())
                     .ok();
@@ -2022,11 +2344,10 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         for g in changed {
             let path = self.dir.join(format!("{g}.jsonl"));
             let digest = match self.groups.get(&g) {
-                Some(t) if !t.is_empty() => {
-                    self.digest(t.iter().map(|(t, held)| (t, held.count as isize)))
-                }
+                Some(t) if !t.is_empty() => self.digest(self.sums.get(&g).copied().unwrap_or(0)),
                 _ => {
                     self.groups.remove(&g);
+                    self.sums.remove(&g);
                     written.remove(&g);
                     let _ = std::fs::remove_file(&path);
                     continue;
@@ -2044,12 +2365,18 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
             }
             let table = self.groups.get_mut(&g).expect("checked above");
             // Streamed to a temporary file (a group can hold millions of records).
-            let (tmp, w) = temp_writer(&path)?;
-            let mut w = Hashing::new(w);
-            {
-                let mut lines = LineWriter::new(&mut w, std::fs::File::open(&path).ok());
+            let (tmp, mut w) = temp_writer(&path)?;
+            let (len, replaced) = {
+                let mut lines = LineWriter::to_file(&mut w, std::fs::File::open(&path).ok());
                 let mut line = Vec::new();
+                // The writeback begins every 64 MiB, so that the sync at the end waits for
+                // the last part only.
+                let mut synced_to = 0u64;
                 for (t, held) in table.iter_mut() {
+                    if lines.pos >= synced_to + (64 << 20) {
+                        lines.start_writeback()?;
+                        synced_to = lines.pos;
+                    }
                     (held.at, held.len) = if held.len > 0 && lines.copies() {
                         self.spliced += 1;
                         (lines.copy(held.at, held.len)?, held.len)
@@ -2060,11 +2387,12 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
                         lines.write(&line, held.count.max(0) as usize)?
                     };
                 }
-                lines.flush()?;
+                (lines.pos, lines.into_from()?)
+            };
+            commit_temp(&tmp, w, &path)?;
+            if let Some(old) = replaced {
+                close_later(old);
             }
-            w.flush()?;
-            let len = w.bytes;
-            commit_temp(&tmp, w.inner, &path)?;
             written.insert(g, (digest, len));
         }
         if written != before {
@@ -2303,7 +2631,7 @@ mod tests {
             if epoch == 4 {
                 // A restart: a new run on the same folder gets every live row in its first epoch.
                 spliced += files.spliced;
-                let mut manifest = ManifestWriter::open(&dirs);
+                let mut manifest = ManifestWriter::open(&dirs, 1);
                 manifest.publish(&dirs, &sink, epoch - 1).unwrap();
                 files = DatasetFiles::new(dirs.clone(), naming.clone(), &sink, 0, 1);
                 net.extend(live.iter().map(|(k, r)| ((*k, r.clone()), 1)));

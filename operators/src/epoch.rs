@@ -243,6 +243,107 @@ where
     })
 }
 
+/// Like [`first_epoch_unary_drain`], for a sink whose work need not hold up its worker: the
+/// work runs on a thread of the operator's own. Once the frontier has passed an epoch, its
+/// updates go to that thread, which calls `logic` with them (epoch after epoch, in order)
+/// while the worker goes on with its other operators. The operator holds the epoch's
+/// capability until `logic` has returned, so that downstream (a probe) sees the epoch complete
+/// only when the sink has finished it, as with the inline operator. `done` then runs on the
+/// worker with what `logic` returned, and what it emits goes out at the epoch.
+///
+/// On a worker that runs several sinks (the dataset's shards and the audit files), their
+/// writes overlap instead of following one another.
+pub fn first_epoch_sink_offloaded<'s, D, O, P, L, R, F>(
+    input: VecCollection<'s, Epoch, D>,
+    pact: P,
+    name: &str,
+    logic: L,
+    mut done: F,
+) -> VecCollection<'s, Epoch, O>
+where
+    D: Clone + Send + 'static,
+    O: Clone + 'static,
+    P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
+    L: FnMut(Epoch, &mut dyn Iterator<Item = (D, isize)>) -> R + Send + 'static,
+    R: Send + 'static,
+    F: FnMut(Epoch, R, &mut dyn FnMut(O, isize)) + 'static,
+{
+    use std::sync::mpsc::{channel, Sender, TryRecvError};
+    /// Closes the job channel and waits for the thread when the operator is dropped.
+    struct Offload<D> {
+        jobs: Option<Sender<(Epoch, Stash<D>)>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+    impl<D> Drop for Offload<D> {
+        fn drop(&mut self) {
+            self.jobs.take();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+    let scope = input.inner.scope();
+    let thread_name = name.to_string();
+    let op_name = name.to_string();
+    type Out<O> = timely::container::CapacityContainerBuilder<Vec<(O, Epoch, isize)>>;
+    input
+        .inner
+        .unary_frontier::<Out<O>, _, _, _>(pact, name, move |cap, info| {
+            let activator = scope.worker().sync_activator_for(info.address.to_vec());
+            let (jobs, jobs_rx) = channel::<(Epoch, Stash<D>)>();
+            let (done_tx, results) = channel::<(Epoch, R)>();
+            let mut logic = logic;
+            let thread = std::thread::Builder::new()
+                .name(thread_name)
+                .spawn(move || {
+                    for (t, stash) in jobs_rx {
+                        let r = logic(t, &mut stash.drain());
+                        if done_tx.send((t, r)).is_err() {
+                            break;
+                        }
+                        let _ = activator.activate();
+                    }
+                })
+                .expect("spawning a sink thread");
+            let offload = Offload {
+                jobs: Some(jobs),
+                thread: Some(thread),
+            };
+            let mut open = OpenEpochs::new(Some(cap));
+            // Epochs handed to the thread, oldest first, with their capabilities.
+            let mut running: std::collections::VecDeque<Capability<Epoch>> =
+                std::collections::VecDeque::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| open.stash(data, |t| cap.delayed(&t, 0)));
+                open.complete(frontier, |t, cap, stash| {
+                    let jobs = offload.jobs.as_ref().expect("open while the operator runs");
+                    if jobs.send((t, stash)).is_err() {
+                        panic!("the thread of sink {op_name} has stopped");
+                    }
+                    running.push_back(cap);
+                });
+                loop {
+                    match results.try_recv() {
+                        Ok((t, r)) => {
+                            let cap = running.pop_front().expect("a result for an epoch sent");
+                            debug_assert_eq!(*cap.time(), t);
+                            let mut session = output.session(&cap);
+                            done(t, r, &mut |o, d| session.give((o, t, d)));
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            if !running.is_empty() {
+                                panic!("the thread of sink {op_name} failed");
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .as_collection()
+}
+
 /// Like [`epoch_unary`], for steps whose input and output are as large as the data: `logic`
 /// gets the epoch's batches as they arrived (no flattened copy; it may read them more than
 /// once, or take them) and emits each output update into the output at once (no buffer of the
@@ -306,6 +407,61 @@ where
     })
 }
 
+/// The epochs a one-input epoch operator has not handled yet: each one's capability and
+/// stashed batches, and (with `always_first`) the first epoch's capability until the frontier
+/// passes it.
+struct OpenEpochs<D> {
+    first: Option<Capability<Epoch>>,
+    pending: BTreeMap<Epoch, (Capability<Epoch>, Stash<D>)>,
+}
+
+impl<D> OpenEpochs<D> {
+    fn new(first: Option<Capability<Epoch>>) -> Self {
+        OpenEpochs {
+            first,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Stashes a batch under its epochs (`delayed` gives an epoch's capability).
+    fn stash(
+        &mut self,
+        data: &mut Vec<(D, Epoch, isize)>,
+        delayed: impl Fn(Epoch) -> Capability<Epoch>,
+    ) {
+        stash_batch(
+            &mut self.pending,
+            data,
+            |t| (delayed(t), Stash::new()),
+            |slot| &mut slot.1,
+        );
+    }
+
+    /// Hands each epoch the frontier has passed to `f`, in order.
+    fn complete(
+        &mut self,
+        frontier: &timely::progress::frontier::MutableAntichain<Epoch>,
+        mut f: impl FnMut(Epoch, Capability<Epoch>, Stash<D>),
+    ) {
+        if self
+            .first
+            .as_ref()
+            .is_some_and(|c| !frontier.less_equal(c.time()))
+        {
+            let c = self.first.take().expect("checked");
+            let t = *c.time();
+            self.pending.entry(t).or_insert_with(|| (c, Stash::new()));
+        }
+        while let Some((&t, _)) = self.pending.first_key_value() {
+            if frontier.less_equal(&t) {
+                break;
+            }
+            let (_, (cap, stash)) = self.pending.pop_first().expect("just peeked");
+            f(t, cap, stash);
+        }
+    }
+}
+
 /// The one-input epoch operator: stashes each epoch's batches and hands them to `handle`,
 /// epoch by epoch, once the frontier has passed (with `always_first`, the first epoch too when
 /// it has no updates); what `handle` emits goes out at that epoch.
@@ -325,34 +481,94 @@ where
     input
         .inner
         .unary_frontier(pact, name, move |cap, _info| {
-            let mut first: Option<Capability<Epoch>> = always_first.then_some(cap);
-            let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Stash<D>)> = BTreeMap::new();
+            let mut open = OpenEpochs::new(always_first.then_some(cap));
             move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    stash_batch(
-                        &mut pending,
-                        data,
-                        |t| (cap.delayed(&t, 0), Stash::new()),
-                        |slot| &mut slot.1,
-                    );
-                });
-                if first
-                    .as_ref()
-                    .is_some_and(|c| !frontier.less_equal(c.time()))
-                {
-                    let c = first.take().expect("checked");
-                    let t = *c.time();
-                    pending.entry(t).or_insert_with(|| (c, Stash::new()));
-                }
-                while let Some((&t, _)) = pending.first_key_value() {
-                    if frontier.less_equal(&t) {
-                        break;
-                    }
-                    let (_, (cap, stash)) = pending.pop_first().expect("just peeked");
+                input.for_each(|cap, data| open.stash(data, |t| cap.delayed(&t, 0)));
+                open.complete(frontier, |t, cap, stash| {
                     let mut session = output.session(&cap);
                     handle(t, stash, &mut |o, r| session.give((o, t, r)));
-                }
+                });
             }
         })
         .as_collection()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use differential_dataflow::input::Input;
+    use std::sync::{Arc, Mutex};
+    use timely::dataflow::operators::Probe;
+
+    /// The offloaded sink runs its logic on another thread, epoch by epoch in order (the first
+    /// epoch even without updates), and a probe after it sees an epoch complete only once the
+    /// logic has returned for it; what `done` emits goes out at the epoch.
+    #[test]
+    fn an_offloaded_sink_completes_an_epoch_only_when_its_logic_has() {
+        for workers in [1, 2] {
+            // (worker, epoch, sum) as the logic saw it, and as `done` got it.
+            type Log = Arc<Mutex<Vec<(usize, Epoch, isize)>>>;
+            let seen: Log = Arc::new(Mutex::new(Vec::new()));
+            let emitted: Log = Arc::new(Mutex::new(Vec::new()));
+            let (s, e) = (Arc::clone(&seen), Arc::clone(&emitted));
+            timely::execute(timely::Config::process(workers), move |worker| {
+                let (seen, emitted) = (Arc::clone(&s), Arc::clone(&e));
+                let index = worker.index();
+                let worker_thread = std::thread::current().id();
+                let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+                    let (input, numbers) = scope.new_collection::<u64, isize>();
+                    let seen = Arc::clone(&seen);
+                    let out = first_epoch_sink_offloaded(
+                        numbers,
+                        timely::dataflow::channels::pact::Exchange::new(
+                            |_: &(u64, Epoch, isize)| 0,
+                        ),
+                        "Offloaded",
+                        move |t, updates| {
+                            assert_ne!(std::thread::current().id(), worker_thread);
+                            // Slow enough that an inline wait would be noticed.
+                            std::thread::sleep(std::time::Duration::from_millis(30));
+                            let sum: isize = updates.map(|(n, d)| n as isize * d).sum();
+                            seen.lock().unwrap().push((index, t, sum));
+                            sum
+                        },
+                        move |t, sum, emit: &mut dyn FnMut(isize, isize)| {
+                            emitted.lock().unwrap().push((index, t, sum));
+                            emit(sum, 1);
+                        },
+                    );
+                    (input, out.inner.probe().0)
+                });
+                for epoch in 0..4u64 {
+                    input.advance_to(epoch);
+                    if epoch > 0 && index == 0 {
+                        input.update(epoch, 1);
+                        input.update(10 * epoch, 1);
+                    }
+                    input.advance_to(epoch + 1);
+                    input.flush();
+                    worker.step_while(|| probe.less_than(&(epoch + 1)));
+                    if index == 0 {
+                        // The epoch is complete: the thread has finished it.
+                        let seen = seen.lock().unwrap();
+                        let last = seen.iter().rfind(|s| s.0 == 0).map(|s| s.1);
+                        assert_eq!(last, Some(epoch), "{seen:?}");
+                    }
+                }
+                input.close();
+                while worker.step() {}
+            })
+            .unwrap();
+            // Worker 0 gets every update; the others handle their first epoch only (empty).
+            let mut expected: Vec<(usize, Epoch, isize)> =
+                vec![(0, 0, 0), (0, 1, 11), (0, 2, 22), (0, 3, 33)];
+            expected.extend((1..workers).map(|w| (w, 0, 0)));
+            expected.sort();
+            for log in [&seen, &emitted] {
+                let mut log = log.lock().unwrap().clone();
+                log.sort();
+                assert_eq!(log, expected, "{workers} worker(s)");
+            }
+        }
+    }
 }

@@ -586,7 +586,7 @@ mod tests {
                     x ^= x >> 7;
                     x ^= x << 17;
                     let b = (x % 128) as u8;
-                    (if x % 5 == 0 {
+                    (if x.is_multiple_of(5) {
                         b" \t\n\x0b\x0c\r"[(x % 6) as usize]
                     } else {
                         b

@@ -403,12 +403,42 @@ teacher = "t"
     assert_eq!(s2["dataset"]["rows"], 300);
     assert!(changes_log(&out).is_empty());
 
+    // A rerun with another worker count owns the shards differently: it still writes nothing,
+    // and the manifest folder holds that run's worker files only.
+    let mut three = args.to_vec();
+    three.extend(["--workers", "3"]);
+    run_ok(&three);
+    let s = stats(&out);
+    assert_eq!(s["dataset"]["shards"]["last_epoch"]["rewritten"], 0);
+    assert_eq!(s["dataset"]["shards"]["last_epoch"]["unchanged"], SHARDS);
+    let mut parts: Vec<String> = std::fs::read_dir(out.join("dataset/.manifest"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    parts.sort();
+    assert_eq!(
+        parts,
+        [
+            "worker-0-of-3.json",
+            "worker-1-of-3.json",
+            "worker-2-of-3.json"
+        ]
+    );
+    let m = manifest(&out);
+    assert_eq!(entries(&m), entries(&m2));
+    run_ok(&args);
+    assert_eq!(entries(&manifest(&out)), entries(&m2));
+    assert_eq!(
+        stats(&out)["dataset"]["shards"]["last_epoch"]["rewritten"],
+        0
+    );
+
     // A new source file with 1% new questions: a rerun rewrites only their shards.
     let new = questions("n", 0..3);
     write_jsonl(&dir.join("src/b.jsonl"), &new);
     run_ok(&args);
     let m3 = manifest(&out);
-    assert_eq!(m3["run"], 3);
+    assert_eq!(m3["run"], 5);
     assert_eq!(check_manifest(&out, &m3), 303);
     let changed = shards_with(&out, &new);
     assert!(!changed.is_empty() && changed.len() <= 3, "{changed:?}");
@@ -422,7 +452,7 @@ teacher = "t"
         SHARDS - changed.len() as u64
     );
     let files3 = snapshot(&out);
-    assert_only_rewritten((&files1, &m1), (&files3, &m3), &changed, 3);
+    assert_only_rewritten((&files1, &m1), (&files3, &m3), &changed, 5);
     // The log holds exactly the new rows.
     let log = changes_log(&out);
     assert_eq!(log.len(), 3, "{log:?}");
@@ -446,7 +476,7 @@ teacher = "t"
     assert_eq!(f0["dataset"]["shards"]["last_epoch"]["rewritten"], 0);
     assert_eq!(f0["dataset"]["shards"]["last_epoch"]["unchanged"], SHARDS);
     let m4 = manifest(&out);
-    assert_eq!(m4["run"], 4);
+    assert_eq!(m4["run"], 6);
     assert_eq!(entries(&m4), entries(&m3));
     let newer = questions("f", 0..3);
     write_jsonl(&dir.join("src/c.jsonl"), &newer);
@@ -476,7 +506,7 @@ teacher = "t"
         in_changed > 3,
         "the changed shards held other rows: {in_changed}"
     );
-    assert_only_rewritten((&files3, &m3), (&snapshot(&out), &m5), &changed, 4);
+    assert_only_rewritten((&files3, &m3), (&snapshot(&out), &m5), &changed, 6);
     for s in &changed {
         assert_eq!(entries(&m5)[s]["epoch_written"], epoch);
     }

@@ -28,7 +28,7 @@ use differential_dataflow::VecCollection;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use thoughtflow_operators::epoch::{epoch_unary, first_epoch_unary};
 use thoughtflow_operators::hash;
 use thoughtflow_operators::record::*;
@@ -135,6 +135,20 @@ fn timed<R>(operator: &'static str, f: impl FnOnce() -> R) -> R {
         "sink operator epoch"
     );
     r
+}
+
+/// One step of a sink's idle work (`step` says whether more is left; `None`: it failed, and
+/// the epochs do that work when they need it). Logged at debug level with its time.
+fn idle_work(operator: &'static str, step: impl FnOnce() -> Option<bool>) -> bool {
+    let started = std::time::Instant::now();
+    let more = step();
+    tracing::debug!(
+        operator,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        more = ?more,
+        "sink idle work"
+    );
+    more.unwrap_or(false)
 }
 
 fn tally_outcome<'s, D: Clone + 'static>(
@@ -850,7 +864,10 @@ pub fn build(
                 }
             },
         );
-        let mut files = DatasetFiles::new(dirs.clone(), naming.clone(), &recipe.sink, index, peers);
+        let files = DatasetFiles::new(dirs.clone(), naming.clone(), &recipe.sink, index, peers);
+        // Shared by the epochs and the idle work, both on the sink's thread.
+        let files = Arc::new(Mutex::new(files));
+        let idle_files = Arc::clone(&files);
         let errors = Rc::clone(&sink_errors);
         // Shards are written on a thread of their own: the worker stays free to move progress
         // on (the audit sink's epoch can complete meanwhile) and to run its other operators.
@@ -866,6 +883,7 @@ pub fn build(
                     crate::runtime::test_pause("sink");
                 }
                 let mut out = Vec::new();
+                let mut files = files.lock().expect("the sink's own thread");
                 let r = timed("DatasetFiles", || files.epoch(epoch, updates, &mut out));
                 (out, r.err().map(|e| format!("writing dataset shards: {e}")))
             },
@@ -879,6 +897,7 @@ pub fn build(
                     emit(k, d);
                 }
             },
+            move || idle_work("DatasetFiles", || idle_files.lock().ok()?.idle_step().ok()),
         ));
         stats.push(dataset_events.clone().flat_map(|e| match e {
             SinkEvent::Stat(k) => Some(k),
@@ -906,8 +925,10 @@ pub fn build(
         // Only the last worker holds (and may clean up) the rejection files: worker 0 has the
         // manifest, the changes and the contamination table to write.
         let last = peers - 1;
-        let mut table =
+        let table =
             (index == last).then(|| AuditTable::new(dirs.rejections(), naming.context_digest()));
+        let table = Arc::new(Mutex::new(table));
+        let idle_table = Arc::clone(&table);
         let n2 = naming.clone();
         let step_name = naming.step_namer();
         let errors = Rc::clone(&sink_errors);
@@ -919,6 +940,7 @@ pub fn build(
             Exchange::new(move |_: &(Rejection, Epoch, isize)| last as u64),
             "RejectionSink",
             move |_epoch, updates| {
+                let mut table = table.lock().expect("the sink's own thread");
                 let table = table.as_mut()?;
                 let r = timed("RejectionSink", || {
                     table.epoch(
@@ -933,6 +955,11 @@ pub fn build(
                 if let Some(e) = error {
                     errors.borrow_mut().push(e);
                 }
+            },
+            move || {
+                idle_work("RejectionSink", || {
+                    idle_table.lock().ok()?.as_mut()?.idle_step().ok()
+                })
             },
         )
         .probe_with(&probe);

@@ -1831,6 +1831,21 @@ impl DatasetFiles {
         Ok(())
     }
 
+    /// One step of work between epochs: indexes the lines of up to 64 shards a restart left
+    /// unindexed, so that the next epoch that touches them need not. Returns whether more is
+    /// left.
+    pub fn idle_step(&mut self) -> std::io::Result<bool> {
+        let batch: Vec<u32> = self.unindexed.iter().take(64).copied().collect();
+        for shard in batch {
+            self.unindexed.remove(&shard);
+            let path = self.dirs.dataset().join(shard_file_name(shard, "jsonl"));
+            if let Some(index) = index_lines(&path, self.shards[&shard].keys())? {
+                self.lines.insert(shard, index);
+            }
+        }
+        Ok(!self.unindexed.is_empty())
+    }
+
     /// Records a shard's entry for this worker's manifest file, with what `stat` says of its
     /// files now (for the next run's [`verify`]).
     fn record_entry(&mut self, entry: &ShardEntry) -> std::io::Result<()> {
@@ -2223,6 +2238,20 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
             (held.at, held.len) = (at, len);
         }
         Ok(())
+    }
+
+    /// One step of work between epochs: makes a group that a restart left pending a table,
+    /// or pairs a group's records with its file's lines, so that the next epoch that changes
+    /// it need not (3.87M records sorted and a 540 MB file read at the paper's scale). Returns
+    /// whether more is left.
+    pub fn idle_step(&mut self) -> std::io::Result<bool> {
+        if let Some(g) = self.pending.keys().next().cloned() {
+            self.materialize(&g);
+        } else if let Some(g) = self.unindexed.iter().next().cloned() {
+            self.unindexed.remove(&g);
+            self.index_group(&g)?;
+        }
+        Ok(!self.pending.is_empty() || !self.unindexed.is_empty())
     }
 
     /// Applies diffs (grouped by `group`); rewrites `<dir>/<group>.jsonl` for changed groups

@@ -253,12 +253,18 @@ where
 ///
 /// On a worker that runs several sinks (the dataset's shards and the audit files), their
 /// writes overlap instead of following one another.
-pub fn first_epoch_sink_offloaded<'s, D, O, P, L, R, F>(
+///
+/// Once no epoch has come for [`SINK_QUIET`], the thread calls `idle` (work that makes later
+/// epochs cheaper, such as indexing files a restart left unindexed) step by step while it
+/// returns `true` and no epoch is waiting; an epoch that arrives meanwhile waits for the step
+/// under way only.
+pub fn first_epoch_sink_offloaded<'s, D, O, P, L, R, F, I>(
     input: VecCollection<'s, Epoch, D>,
     pact: P,
     name: &str,
     logic: L,
     mut done: F,
+    idle: I,
 ) -> VecCollection<'s, Epoch, O>
 where
     D: Clone + Send + 'static,
@@ -267,8 +273,9 @@ where
     L: FnMut(Epoch, &mut dyn Iterator<Item = (D, isize)>) -> R + Send + 'static,
     R: Send + 'static,
     F: FnMut(Epoch, R, &mut dyn FnMut(O, isize)) + 'static,
+    I: FnMut() -> bool + Send + 'static,
 {
-    use std::sync::mpsc::{channel, Sender, TryRecvError};
+    use std::sync::mpsc::{channel, RecvTimeoutError, Sender, TryRecvError};
     /// Closes the job channel and waits for the thread when the operator is dropped.
     struct Offload<D> {
         jobs: Option<Sender<(Epoch, Stash<D>)>>,
@@ -292,16 +299,43 @@ where
             let activator = scope.worker().sync_activator_for(info.address.to_vec());
             let (jobs, jobs_rx) = channel::<(Epoch, Stash<D>)>();
             let (done_tx, results) = channel::<(Epoch, R)>();
-            let mut logic = logic;
+            let (mut logic, mut idle) = (logic, idle);
             let thread = std::thread::Builder::new()
                 .name(thread_name)
                 .spawn(move || {
-                    for (t, stash) in jobs_rx {
-                        let r = logic(t, &mut stash.drain());
-                        if done_tx.send((t, r)).is_err() {
-                            break;
+                    let mut idle_left = true;
+                    let mut quiet_since = std::time::Instant::now();
+                    loop {
+                        let job = match jobs_rx.try_recv() {
+                            Ok(job) => Some(job),
+                            Err(TryRecvError::Disconnected) => break,
+                            Err(TryRecvError::Empty) if !idle_left => match jobs_rx.recv() {
+                                Ok(job) => Some(job),
+                                Err(_) => break,
+                            },
+                            Err(TryRecvError::Empty) => {
+                                let waited = quiet_since.elapsed();
+                                if waited >= SINK_QUIET {
+                                    idle_left = idle();
+                                    None
+                                } else {
+                                    match jobs_rx.recv_timeout(SINK_QUIET - waited) {
+                                        Ok(job) => Some(job),
+                                        Err(RecvTimeoutError::Timeout) => None,
+                                        Err(RecvTimeoutError::Disconnected) => break,
+                                    }
+                                }
+                            }
+                        };
+                        if let Some((t, stash)) = job {
+                            let r = logic(t, &mut stash.drain());
+                            if done_tx.send((t, r)).is_err() {
+                                break;
+                            }
+                            let _ = activator.activate();
+                            idle_left = true;
+                            quiet_since = std::time::Instant::now();
                         }
-                        let _ = activator.activate();
                     }
                 })
                 .expect("spawning a sink thread");
@@ -406,6 +440,10 @@ where
         }
     })
 }
+
+/// How long an offloaded sink's thread waits without an epoch before it does idle work (a
+/// one-shot run has ended by then).
+pub const SINK_QUIET: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The epochs a one-input epoch operator has not handled yet: each one's capability and
 /// stashed batches, and (with `always_first`) the first epoch's capability until the frontier
@@ -536,6 +574,7 @@ mod tests {
                             emitted.lock().unwrap().push((index, t, sum));
                             emit(sum, 1);
                         },
+                        || false,
                     );
                     (input, out.inner.probe().0)
                 });
@@ -570,5 +609,57 @@ mod tests {
                 assert_eq!(log, expected, "{workers} worker(s)");
             }
         }
+    }
+
+    /// Between epochs, after a quiet spell, the thread runs the idle work step by step until it
+    /// says nothing is left; an epoch after that is handled as usual, and idle work resumes
+    /// after it.
+    #[test]
+    fn an_offloaded_sink_does_its_idle_work_between_epochs() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let steps = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (st, se) = (Arc::clone(&steps), Arc::clone(&seen));
+        timely::execute(timely::Config::process(1), move |worker| {
+            let (steps, seen) = (Arc::clone(&st), Arc::clone(&se));
+            let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+                let (input, numbers) = scope.new_collection::<u64, isize>();
+                let out = first_epoch_sink_offloaded(
+                    numbers,
+                    timely::dataflow::channels::pact::Pipeline,
+                    "Idle",
+                    move |t, updates| {
+                        let n = updates.count();
+                        seen.lock().unwrap().push((t, n));
+                    },
+                    |_, (), _: &mut dyn FnMut((), isize)| {},
+                    move || steps.fetch_add(1, Ordering::SeqCst) + 1 < 3,
+                );
+                (input, out.inner.probe().0)
+            });
+            input.advance_to(1);
+            input.flush();
+            worker.step_while(|| probe.less_than(&1));
+            std::thread::sleep(SINK_QUIET * 3);
+            assert_eq!(
+                st.load(Ordering::SeqCst),
+                3,
+                "three steps, the last said done"
+            );
+            input.update(5, 1);
+            input.advance_to(2);
+            input.flush();
+            worker.step_while(|| probe.less_than(&2));
+            std::thread::sleep(SINK_QUIET * 3);
+            assert_eq!(
+                st.load(Ordering::SeqCst),
+                4,
+                "one more step after the epoch"
+            );
+            input.close();
+            while worker.step() {}
+        })
+        .unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![(0, 0), (1, 1)]);
     }
 }

@@ -423,8 +423,25 @@ struct FuzzyIndex {
     by_gram: HashMap<u64, Vec<u32>>,
     /// Items too short for a candidate n-gram (always candidates).
     short: Vec<u32>,
-    /// (length in chars, item), sorted: for questions too short for a candidate n-gram.
+    /// (length in chars, item) of every item, sorted: for questions too short for a candidate
+    /// n-gram, and to tell whether any item's length allows a text's.
     by_len: Vec<(usize, u32)>,
+}
+
+impl FuzzyIndex {
+    /// Whether some item's length allows `threshold` against a text of `q_len` chars (see
+    /// [`crate::fuzzy::lengths_allow`]); when none does, no item can match the text.
+    fn some_length_allows(&self, q_len: usize, threshold: f64) -> bool {
+        let (lo, hi) = crate::fuzzy::length_range(q_len, threshold);
+        // One past each end of the range, checked exactly (the range is computed in floats).
+        let start = self
+            .by_len
+            .partition_point(|(l, _)| l.saturating_add(1) < lo);
+        self.by_len[start..]
+            .iter()
+            .take_while(|(l, _)| *l <= hi.saturating_add(1))
+            .any(|(l, _)| crate::fuzzy::lengths_allow(*l, q_len, threshold))
+    }
 }
 
 /// A benchmark index: every live item, per n-gram hash the items that contain it, and the
@@ -609,16 +626,53 @@ impl BenchmarkIndex {
         // n-grams, so only a window covered by such a run is hashed for the n-gram evidence.
         let cn = cfg.fuzzy.as_ref().map_or(0, |fc| fc.candidate_ngram);
         let by_grams = self.fuzzy.is_some() && cn > 0 && words >= cn;
+        // The compared text's length in chars (fuzzy), and whether any item's length allows
+        // the threshold against it: most questions are far shorter or longer than every item,
+        // and then no fuzzy match is possible and their candidate n-grams are not needed for it.
+        let q_len = match &cfg.fuzzy {
+            Some(fc) if fc.normalize => prepared.normalized_len,
+            Some(_) => text.chars().count(),
+            None => 0,
+        };
+        let fuzzy_possible = match (&self.fuzzy, &cfg.fuzzy) {
+            (Some(f), Some(fc)) => f.some_length_allows(q_len, fc.threshold()),
+            _ => false,
+        };
+        // The word n-gram size of the evidence, when windows are selected by candidate n-grams.
+        let evidence_n = match &cfg.ngram {
+            Some(ng) if word_unit && cn <= ng.n => Some(ng.n),
+            _ => None,
+        };
         grams.clear();
         gram_runs.clear();
         let mut longest_gram_run = 0;
         if let (Some(f), true) = (&self.fuzzy, by_grams) {
-            gram_runs.resize(words - cn + 2, 0);
-            for i in (0..=words - cn).rev() {
-                if runs[i] as usize >= cn {
-                    let g = hash::ngram_of_window(&prepared.word_hashes[i..i + cn]);
-                    if f.all_bits.may_contain(g) {
-                        grams.push(g);
+            if fuzzy_possible || evidence_n.is_some() {
+                gram_runs.resize(words - cn + 2, 0);
+                // A window's candidate n-gram is hashed when the fuzzy part may use it, or
+                // when it lies in a window of `n` item words (an evidence n-gram is made of
+                // the candidate n-grams starting at its first `n - cn + 1` words, so only
+                // those are read).
+                let reach = evidence_n.map_or(0, |n| n - cn);
+                let mut last_start: Option<usize> = None;
+                for i in 0..=words - cn {
+                    if evidence_n.is_some_and(|n| runs[i] as usize >= n) {
+                        last_start = Some(i);
+                    }
+                    let wanted = runs[i] as usize >= cn
+                        && (fuzzy_possible || last_start.is_some_and(|k| i <= k + reach));
+                    if wanted {
+                        let g = hash::ngram_of_window(&prepared.word_hashes[i..i + cn]);
+                        if f.all_bits.may_contain(g) {
+                            if fuzzy_possible {
+                                grams.push(g);
+                            }
+                            gram_runs[i] = 1;
+                        }
+                    }
+                }
+                for i in (0..=words - cn).rev() {
+                    if gram_runs[i] != 0 {
                         gram_runs[i] = gram_runs[i + 1] + 1;
                         longest_gram_run = longest_gram_run.max(gram_runs[i] as usize);
                     }
@@ -670,15 +724,9 @@ impl BenchmarkIndex {
                 });
             }
         }
-        if let (Some(f), Some(fc)) = (&self.fuzzy, &cfg.fuzzy) {
+        if let (Some(f), Some(fc), true) = (&self.fuzzy, &cfg.fuzzy, fuzzy_possible) {
             let threshold = fc.threshold();
-            // The compared text's length in chars; the text itself is made only for a candidate
-            // whose length allows the threshold (most questions have none).
-            let q_len = if fc.normalize {
-                prepared.normalized_len
-            } else {
-                text.chars().count()
-            };
+            // The text itself is made only for a candidate whose length allows the threshold.
             // `grams` holds the question's candidate n-grams that some item holds: the others
             // are in no item's `G`, so neither select nor count. (Sorted and deduplicated only
             // when a candidate needs the count: most questions have none.) `G(q)` is empty

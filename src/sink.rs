@@ -1470,11 +1470,13 @@ fn copy_range(
 /// frees its page cache and blocks; a refresh that replaces a 540 MB audit file or hundreds of
 /// shards hands that work off instead of waiting for it.
 fn close_later(file: std::fs::File) {
-    use std::sync::mpsc::{channel, Sender};
+    use std::sync::mpsc::{sync_channel, SyncSender};
     use std::sync::{Mutex, OnceLock};
-    static CLOSER: OnceLock<Mutex<Option<Sender<std::fs::File>>>> = OnceLock::new();
+    static CLOSER: OnceLock<Mutex<Option<SyncSender<std::fs::File>>>> = OnceLock::new();
     let closer = CLOSER.get_or_init(|| {
-        let (tx, rx) = channel::<std::fs::File>();
+        // Bounded: when the thread lags, a sender waits rather than holding thousands of
+        // descriptors open (a refresh of every shard replaces 4096 files).
+        let (tx, rx) = sync_channel::<std::fs::File>(256);
         let spawned = std::thread::Builder::new()
             .name("file-closer".into())
             .spawn(move || rx.into_iter().for_each(drop));

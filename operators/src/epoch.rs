@@ -27,6 +27,24 @@ struct Stash<D> {
     len: usize,
 }
 
+/// An iterator with a known number of items left (see [`Stash::drain`]).
+struct SizedDrain<I> {
+    updates: I,
+    left: usize,
+}
+
+impl<I: Iterator> Iterator for SizedDrain<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        let next = self.updates.next();
+        self.left = self.left.saturating_sub(next.is_some() as usize);
+        next
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
 impl<D> Stash<D> {
     fn new() -> Self {
         Stash {
@@ -40,11 +58,15 @@ impl<D> Stash<D> {
         self.batches.push(batch);
     }
 
-    /// The updates, moved out batch by batch (each batch freed once read).
+    /// The updates, moved out batch by batch (each batch freed once read). The iterator knows
+    /// its length, so that a consumer that collects it sizes its vector exactly.
     fn drain(self) -> impl Iterator<Item = (D, isize)> {
-        self.batches
+        let len = self.len;
+        let updates = self
+            .batches
             .into_iter()
-            .flat_map(|batch| batch.into_iter().map(|(d, _, r)| (d, r)))
+            .flat_map(|batch| batch.into_iter().map(|(d, _, r)| (d, r)));
+        SizedDrain { updates, left: len }
     }
 
     fn into_updates(self) -> Updates<D> {
@@ -223,27 +245,7 @@ where
     epoch_unary_from(input, pact, name, true, logic)
 }
 
-/// Like [`first_epoch_unary`], for sinks that read each update once: `logic` gets the epoch's
-/// updates as an iterator that moves them out of the stash batch by batch (no flattened copy
-/// of the epoch beside the stash).
-pub fn first_epoch_unary_drain<'s, D, O, P, L>(
-    input: VecCollection<'s, Epoch, D>,
-    pact: P,
-    name: &str,
-    mut logic: L,
-) -> VecCollection<'s, Epoch, O>
-where
-    D: Clone + 'static,
-    O: Clone + 'static,
-    P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
-    L: FnMut(Epoch, &mut dyn Iterator<Item = (D, isize)>, &mut Vec<(O, isize)>) + 'static,
-{
-    epoch_buffered(input, pact, name, true, move |t, stash, out| {
-        logic(t, &mut stash.drain(), out)
-    })
-}
-
-/// Like [`first_epoch_unary_drain`], for a sink whose work need not hold up its worker: the
+/// Like [`first_epoch_unary`], for a sink whose work need not hold up its worker: the
 /// work runs on a thread of the operator's own. Once the frontier has passed an epoch, its
 /// updates go to that thread, which calls `logic` with them (epoch after epoch, in order)
 /// while the worker goes on with its other operators. The operator holds the epoch's

@@ -351,9 +351,14 @@ impl ParseCache {
         let parsed = match self.load(&at, store) {
             Some(parsed) => {
                 self.loaded.fetch_add(1, Relaxed);
-                for (i, q) in parsed.questions.iter().enumerate() {
-                    store.put_name(q.id, source, parsed.name(i));
-                }
+                store.put_names(
+                    source,
+                    parsed
+                        .questions
+                        .iter()
+                        .enumerate()
+                        .map(|(i, q)| (q.id, parsed.name(i))),
+                );
                 parsed
             }
             None => {

@@ -20,7 +20,7 @@ use crate::recipe::{
     DedupMode, LlmCall, Recipe, Scorer, SelectSpec, Sizes, StepKind, TeacherKind, Template,
 };
 use crate::sink::{AuditTable, DatasetChanges, DatasetFiles, Naming, OutDirs, SinkEvent};
-use crate::stats::{live, tally, work, StatKey, StatsState};
+use crate::stats::{live, live_all, tally, work_all, StatKey, StatsState};
 use crate::store::{Store, StoreDelta};
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::AsCollection;
@@ -162,7 +162,7 @@ fn tally_outcome<'s, D: Clone + 'static>(
     VecCollection<'s, Epoch, D>,
     VecCollection<'s, Epoch, Rejection>,
 ) {
-    let (passed, counts) = tally(passed, vec![live(move |_| Some(StatKey::StepOut(step)))]);
+    let (passed, counts) = tally(passed, vec![live_all(StatKey::StepOut(step))]);
     stats.push(counts);
     let (rejected, counts) = tally(
         rejected,
@@ -521,10 +521,7 @@ pub fn build(
                 // A row step.
                 let (r, counts) = tally(
                     r,
-                    vec![
-                        live(move |_| Some(StatKey::StepIn(i16))),
-                        work(move |_| Some(StatKey::Work(i16))),
-                    ],
+                    vec![live_all(StatKey::StepIn(i16)), work_all(StatKey::Work(i16))],
                 );
                 stats.push(counts);
                 let out = match &step.kind {
@@ -561,10 +558,7 @@ pub fn build(
             }
             let (counted, counts) = tally(
                 current,
-                vec![
-                    live(move |_| Some(StatKey::StepIn(i16))),
-                    work(move |_| Some(StatKey::Work(i16))),
-                ],
+                vec![live_all(StatKey::StepIn(i16)), work_all(StatKey::Work(i16))],
             );
             current = counted;
             stats.push(counts);
@@ -686,7 +680,7 @@ pub fn build(
                 }
                 let (r, counts) = tally(
                     differential_dataflow::collection::concatenate(scope, all_rows),
-                    vec![live(move |_| Some(StatKey::StepOut(i16)))],
+                    vec![live_all(StatKey::StepOut(i16))],
                 );
                 stats.push(counts);
                 rows = Some(r);

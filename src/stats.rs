@@ -76,22 +76,39 @@ type KeyOf<D> = Box<dyn Fn(&D) -> Option<StatKey>>;
 pub struct Count<D> {
     /// Count 1 per update instead of the update's diff.
     work: bool,
-    key: KeyOf<D>,
+    key: CountKey<D>,
+}
+
+enum CountKey<D> {
+    /// Every record counts under this key: summed per run of equal times, not per record
+    /// (most counts are of this kind, and a replay's first epoch passes millions of records
+    /// through each).
+    Each(StatKey),
+    /// Each record counts under the key it maps to, if any.
+    Of(KeyOf<D>),
 }
 
 /// Counts `key(d)` with `d`'s diff: the size of a live collection, exact under retraction.
 pub fn live<D, F: Fn(&D) -> Option<StatKey> + 'static>(key: F) -> Count<D> {
     Count {
         work: false,
-        key: Box::new(key),
+        key: CountKey::Of(Box::new(key)),
     }
 }
 
-/// Counts `key(d)` once per update (insert or retract): the work a step did.
-pub fn work<D, F: Fn(&D) -> Option<StatKey> + 'static>(key: F) -> Count<D> {
+/// Counts every record under `key` with its diff: the size of the collection.
+pub fn live_all<D>(key: StatKey) -> Count<D> {
+    Count {
+        work: false,
+        key: CountKey::Each(key),
+    }
+}
+
+/// Counts every update under `key` once (insert or retract): the work a step did.
+pub fn work_all<D>(key: StatKey) -> Count<D> {
     Count {
         work: true,
-        key: Box::new(key),
+        key: CountKey::Each(key),
     }
 }
 
@@ -129,6 +146,7 @@ where
         // distinct keys, mostly in runs, so a short list searched from its end beats a map
         // lookup per record.
         let mut local: Vec<(Epoch, StatKey, isize)> = Vec::new();
+        let has_each = counts.iter().any(|c| matches!(c.key, CountKey::Each(_)));
         move |frontiers| {
             let mut data_session = data_out.activate();
             data_in.for_each(|cap, batch| {
@@ -140,9 +158,21 @@ where
                         *slot.1.entry(k).or_insert(0) += n;
                     }
                 };
+                // Counts under one key: the batch's diffs and updates, per run of equal times.
+                let mut runs: Vec<(Epoch, isize, isize)> = Vec::new();
                 for (d, t, r) in batch.iter() {
+                    if has_each {
+                        match runs.last_mut() {
+                            Some((lt, sum, n)) if lt == t => {
+                                *sum += *r;
+                                *n += 1;
+                            }
+                            _ => runs.push((*t, *r, 1)),
+                        }
+                    }
                     for c in &counts {
-                        if let Some(k) = (c.key)(d) {
+                        let CountKey::Of(key) = &c.key else { continue };
+                        if let Some(k) = key(d) {
                             let n = if c.work { 1 } else { *r };
                             match local
                                 .iter_mut()
@@ -157,6 +187,16 @@ where
                                     local.push((*t, k, n));
                                 }
                             }
+                        }
+                    }
+                }
+                for (t, sum, n) in runs {
+                    for c in &counts {
+                        if let CountKey::Each(k) = &c.key {
+                            if local.len() == 32 {
+                                flush(&mut local);
+                            }
+                            local.push((t, k.clone(), if c.work { n } else { sum }));
                         }
                     }
                 }

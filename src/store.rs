@@ -342,22 +342,19 @@ struct Names {
 
 impl Names {
     fn insert(&mut self, qid: QuestionId, source: SourceId, id: &str) {
-        if self.index.contains_key(&qid) {
+        let std::collections::hash_map::Entry::Vacant(slot) = self.index.entry(qid) else {
             return;
-        }
+        };
         // A shard's ids stay under 4 GiB (64 shards: 256 GiB of ids in all).
         u32::try_from(self.ids.len() + id.len())
             .expect("question ids of one store shard over 4 GiB");
         let at = self.ids.len() as u32;
         self.ids.push_str(id);
-        self.index.insert(
-            qid,
-            NameAt {
-                source,
-                at,
-                len: id.len() as u32,
-            },
-        );
+        slot.insert(NameAt {
+            source,
+            at,
+            len: id.len() as u32,
+        });
     }
 
     fn get(&self, qid: QuestionId) -> Option<&str> {
@@ -501,6 +498,40 @@ impl Store {
             self.journal(|| StoreDelta::Name(qid, source, id.to_string()));
         }
         self.insert_name(qid, source, id);
+    }
+
+    /// [`Store::put_name`] for many questions of one source (a file's parse): each shard is
+    /// locked once, and made room in once.
+    pub fn put_names<'a>(
+        &self,
+        source: SourceId,
+        names: impl ExactSizeIterator<Item = (QuestionId, &'a str)>,
+    ) {
+        if self.cluster_threads.is_some() {
+            for (qid, id) in names {
+                self.put_name(qid, source, id);
+            }
+            return;
+        }
+        let mut by_shard: Vec<Vec<(QuestionId, &str)>> = vec![Vec::new(); SHARDS];
+        let per_shard = names.len() / SHARDS + 1;
+        for (qid, id) in names {
+            let shard = &mut by_shard[(qid.0 as usize) % SHARDS];
+            if shard.capacity() == 0 {
+                shard.reserve(per_shard + per_shard / 4);
+            }
+            shard.push((qid, id));
+        }
+        for (shard, names) in self.names.iter().zip(by_shard) {
+            if names.is_empty() {
+                continue;
+            }
+            let mut shard = shard.write().expect("store lock");
+            shard.index.reserve(names.len());
+            for (qid, id) in names {
+                shard.insert(qid, source, id);
+            }
+        }
     }
 
     fn insert_name(&self, qid: QuestionId, source: SourceId, id: &str) {

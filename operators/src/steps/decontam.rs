@@ -61,6 +61,7 @@ use crate::text::TextLookup;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -1083,24 +1084,48 @@ impl Matcher {
             );
         }
 
-        // 2. Questions: which (question, text) pairs appeared or disappeared.
-        let mut changed_pairs: BTreeMap<(QuestionId, TextRef), (isize, isize)> = BTreeMap::new();
-        for (pair, r) in q_updates {
-            let before = self.live.get(&pair).copied().unwrap_or(0);
-            changed_pairs.entry(pair).or_insert((before, before)).1 += r;
-            let after = before + r;
-            if after == 0 {
-                self.live.remove(&pair);
-            } else {
-                self.live.insert(pair, after);
+        // 2. Questions: which (question, text) pairs appeared or disappeared, in pair order
+        // (a sorted vector: at a replay's first epoch this is every live question, millions).
+        let mut q_updates = q_updates;
+        q_updates.sort_unstable_by_key(|(pair, _)| *pair);
+        if self.live.is_empty() {
+            self.live.reserve(q_updates.len());
+        }
+        let mut changed_pairs: Vec<((QuestionId, TextRef), isize)> = Vec::new();
+        let mut updates = q_updates.into_iter().peekable();
+        while let Some((pair, mut r)) = updates.next() {
+            while let Some((_, more)) = updates.next_if(|(next, _)| *next == pair) {
+                r += more;
+            }
+            if r == 0 {
+                continue;
+            }
+            let (before, after) = match self.live.entry(pair) {
+                Entry::Occupied(mut e) => {
+                    let before = *e.get();
+                    if before + r == 0 {
+                        e.remove();
+                    } else {
+                        *e.get_mut() += r;
+                    }
+                    (before, before + r)
+                }
+                Entry::Vacant(e) => (0, *e.insert(r)),
+            };
+            if (before > 0) != (after > 0) {
+                changed_pairs.push((pair, after));
             }
         }
-        changed_pairs.retain(|_, (b, a)| (*b > 0) != (*a > 0));
+        let is_changed = |pair: &(QuestionId, TextRef)| {
+            changed_pairs
+                .binary_search_by_key(pair, |(p, _)| *p)
+                .is_ok()
+        };
 
         // 3. Retract matches of items that disappeared (questions that changed are redone below).
         if !removed.is_empty() {
             for (pair, list) in self.emitted.iter_mut() {
-                if changed_pairs.contains_key(pair) {
+                if is_changed(pair) {
                     continue;
                 }
                 list.retain(|m| {
@@ -1114,16 +1139,19 @@ impl Matcher {
             self.emitted.retain(|_, l| !l.is_empty());
         }
 
-        // 4. Match every unchanged live question against the items that appeared.
-        let keys: Vec<(QuestionId, TextRef)> = if added.is_empty() {
-            Vec::new()
-        } else {
-            self.live
-                .iter()
-                .filter(|(p, c)| **c > 0 && !changed_pairs.contains_key(*p))
-                .map(|(p, _)| *p)
-                .collect()
-        };
+        // 4. Match every unchanged live question against the items that appeared (none when
+        // every live pair changed, as at a first epoch).
+        let changed_live = changed_pairs.iter().filter(|(_, after)| *after > 0).count();
+        let keys: Vec<(QuestionId, TextRef)> =
+            if added.is_empty() || self.live.len() == changed_live {
+                Vec::new()
+            } else {
+                self.live
+                    .iter()
+                    .filter(|(p, c)| **c > 0 && !is_changed(p))
+                    .map(|(p, _)| *p)
+                    .collect()
+            };
         // (In a first epoch every live question is new, and step 5 matches it.)
         if !keys.is_empty() {
             let delta = BenchmarkIndex::build(&self.cfg, added.iter());
@@ -1137,7 +1165,7 @@ impl Matcher {
         // 5. Questions that appeared or disappeared: retract what they had, match them anew
         // (with the verdict of an earlier run when there is one).
         let mut unknown = Vec::new();
-        for ((qid, tref), (_before, after)) in changed_pairs {
+        for ((qid, tref), after) in changed_pairs {
             if let Some(old) = self.emitted.remove(&(qid, tref)) {
                 out.extend(old.into_iter().map(|m| (m, -1)));
             }

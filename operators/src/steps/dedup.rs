@@ -41,7 +41,8 @@ pub fn dedup_exact<'s>(
         move |epoch, batches, emit| {
             // The groups this epoch touches, and the verdicts of those that had members before
             // it (taken when the group is first touched); the updates go straight in.
-            let mut touched: Vec<ContentHash> = Vec::new();
+            // (Each with its slot: the second pass then does not look the hash up again.)
+            let mut touched: Vec<(ContentHash, u32)> = Vec::new();
             let mut before: HashMap<ContentHash, Vec<(Verdict, isize)>> = HashMap::default();
             // Room for as many new groups as updates, made once (a run's first epoch brings
             // millions: grown by doubling, each step rehashes or copies into fresh pages).
@@ -54,10 +55,10 @@ pub fn dedup_exact<'s>(
                 .into_iter()
                 .flat_map(|batch| batch.into_iter().map(|((_, q), _, r)| (q, r)));
             for (q, r) in updates {
-                let group = groups.entry(q.hash);
+                let (slot, group) = groups.entry(q.hash);
                 if group.touched != epoch {
                     group.touched = epoch;
-                    touched.push(q.hash);
+                    touched.push((q.hash, slot));
                     if !group.members.is_empty() {
                         let mut v = Vec::new();
                         verdicts(step, &group.members, &mut v);
@@ -70,8 +71,8 @@ pub fn dedup_exact<'s>(
                 }
             }
             let mut after = Vec::new();
-            for hash in touched {
-                let group = groups.entry(hash);
+            for (hash, slot) in touched {
+                let group = groups.slot(slot);
                 group.members.retain(|(_, c)| *c != 0);
                 after.clear();
                 verdicts(step, &group.members, &mut after);
@@ -115,8 +116,8 @@ impl Groups {
         self.slots.reserve(new);
     }
 
-    /// The group of `hash`, made empty if there is none.
-    fn entry(&mut self, hash: ContentHash) -> &mut Group {
+    /// The group of `hash` (made empty if there is none) and its slot.
+    fn entry(&mut self, hash: ContentHash) -> (u32, &mut Group) {
         let slots = &mut self.slots;
         let free = &mut self.free;
         let slot = *self.index.entry(hash).or_insert_with(|| {
@@ -128,6 +129,11 @@ impl Groups {
                 (slots.len() - 1) as u32
             })
         });
+        (slot, &mut self.slots[slot as usize])
+    }
+
+    /// The group in `slot` (as [`Groups::entry`] returned it, the group not removed since).
+    fn slot(&mut self, slot: u32) -> &mut Group {
         &mut self.slots[slot as usize]
     }
 

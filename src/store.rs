@@ -513,14 +513,12 @@ impl Store {
             }
             return;
         }
-        let mut by_shard: Vec<Vec<(QuestionId, &str)>> = vec![Vec::new(); SHARDS];
         let per_shard = names.len() / SHARDS + 1;
+        let mut by_shard: Vec<Vec<(QuestionId, &str)>> = (0..SHARDS)
+            .map(|_| Vec::with_capacity(per_shard + per_shard / 4))
+            .collect();
         for (qid, id) in names {
-            let shard = &mut by_shard[(qid.0 as usize) % SHARDS];
-            if shard.capacity() == 0 {
-                shard.reserve(per_shard + per_shard / 4);
-            }
-            shard.push((qid, id));
+            by_shard[(qid.0 as usize) % SHARDS].push((qid, id));
         }
         for (shard, names) in self.names.iter().zip(by_shard) {
             if names.is_empty() {

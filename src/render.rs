@@ -124,21 +124,30 @@ impl Handles {
     }
 }
 
-/// Counts a step's outcome (what it let through, what it rejected and why) on its way on.
-/// Runs one sink operator's epoch, logging (at debug level) how long it took.
+/// Runs one sink operator's epoch, logging (at debug level) how long it took; a long one's
+/// freed memory goes back to the OS at once ([`crate::runtime::release_memory`]).
 fn timed<R>(operator: &'static str, f: impl FnOnce() -> R) -> R {
     let started = std::time::Instant::now();
     let r = f();
+    let took = started.elapsed();
     tracing::debug!(
         operator,
-        ms = started.elapsed().as_secs_f64() * 1e3,
+        ms = took.as_secs_f64() * 1e3,
         "sink operator epoch"
     );
+    if took >= std::time::Duration::from_millis(50) {
+        crate::runtime::release_memory();
+    }
     r
 }
 
 /// One step of a sink's idle work (`step` says whether more is left; `None`: it failed, and
 /// the epochs do that work when they need it). Logged at debug level with its time.
+///
+/// Only a following run (`--follow`) does idle work: it readies the sinks for the next
+/// epoch's changes (a 3.87M-record audit table sorted, the shards' lines indexed), which a run
+/// that ends once caught up would do for nothing, beside its last epoch's writes and in its
+/// peak memory. An epoch that needs that work does it itself.
 fn idle_work(operator: &'static str, step: impl FnOnce() -> Option<bool>) -> bool {
     let started = std::time::Instant::now();
     let more = step();
@@ -151,6 +160,7 @@ fn idle_work(operator: &'static str, step: impl FnOnce() -> Option<bool>) -> boo
     more.unwrap_or(false)
 }
 
+/// Counts a step's outcome (what it let through, what it rejected and why) on its way on.
 fn tally_outcome<'s, D: Clone + 'static>(
     (passed, rejected): (
         VecCollection<'s, Epoch, D>,
@@ -425,13 +435,14 @@ pub fn build(
     recipe: &Arc<Recipe>,
     store: &Arc<Store>,
     dirs: &OutDirs,
-    kafka: Option<&crate::kafka::KafkaSettings>,
+    opts: &crate::runtime::RunOptions,
     llm: Option<&Arc<Service>>,
     memo: &Arc<decontam::DecontamMemo>,
 ) -> Handles {
+    let follow = opts.follow;
     let memo = Arc::clone(memo);
     let memo_dir = crate::memo::dir(&dirs.root);
-    let kafka = kafka.cloned();
+    let kafka = opts.kafka.clone();
     let llm = llm.cloned();
     let index = worker.index();
     let peers = worker.peers();
@@ -891,7 +902,9 @@ pub fn build(
                     emit(k, d);
                 }
             },
-            move || idle_work("DatasetFiles", || idle_files.lock().ok()?.idle_step().ok()),
+            move || {
+                follow && idle_work("DatasetFiles", || idle_files.lock().ok()?.idle_step().ok())
+            },
         ));
         stats.push(dataset_events.clone().flat_map(|e| match e {
             SinkEvent::Stat(k) => Some(k),
@@ -951,9 +964,10 @@ pub fn build(
                 }
             },
             move || {
-                idle_work("RejectionSink", || {
-                    idle_table.lock().ok()?.as_mut()?.idle_step().ok()
-                })
+                follow
+                    && idle_work("RejectionSink", || {
+                        idle_table.lock().ok()?.as_mut()?.idle_step().ok()
+                    })
             },
         )
         .probe_with(&probe);

@@ -309,7 +309,7 @@ fn drive(
     let local_leader = store
         .cluster_threads()
         .map_or(index == 0, |t| index.is_multiple_of(t));
-    let mut handles = render::build(worker, recipe, store, dirs, opts.kafka.as_ref(), llm, memo);
+    let mut handles = render::build(worker, recipe, store, dirs, opts, llm, memo);
     let mut inserted: HashSet<([u8; 16], Target)> = HashSet::new();
     #[cfg(feature = "kafka")]
     let mut kafka_in = opts.kafka.as_ref().and_then(|k| {
@@ -381,6 +381,9 @@ fn drive(
             for (r, d) in delta.rejections {
                 handles.ingest_rejections.update(r, d);
             }
+            if delta.files_read > 0 {
+                release_memory();
+            }
         }
         #[cfg(feature = "kafka")]
         if let Some(k) = kafka_in.as_mut() {
@@ -422,7 +425,7 @@ fn drive(
         // Park when there is nothing to do (another worker is still busy): a spinning worker
         // takes a core from the ones that are not, on a machine with as many cores as workers.
         while handles.probe.less_than(&epoch) {
-            worker.step_or_park(Some(Duration::from_millis(2)));
+            step_releasing(worker, Some(Duration::from_millis(2)));
         }
         if let Some(e) = handles.sink_errors.borrow().first() {
             return Err(e.clone());
@@ -563,7 +566,7 @@ fn drive(
     let changes = Rc::clone(&handles.changes);
     let errors = Rc::clone(&handles.sink_errors);
     drop(handles);
-    while worker.step_or_park(Some(Duration::from_millis(10))) {}
+    while step_releasing(worker, Some(Duration::from_millis(10))) {}
     // Every epoch handled was published: record the rows, so that the next run's first
     // epoch logs only what changed.
     if errors.borrow().is_empty() {
@@ -708,4 +711,25 @@ fn insert_results(
         }
     }
     n
+}
+
+/// Set by the binary to a function that returns the allocator's freed memory to the OS.
+pub static RELEASE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// One `step_or_park`, then, if it did bulk work (an operator's epoch at scale), the memory
+/// it freed goes back to the OS ([`RELEASE_MEMORY`]).
+fn step_releasing(worker: &mut timely::worker::Worker, park: Option<Duration>) -> bool {
+    let started = Instant::now();
+    let more = worker.step_or_park(park);
+    if started.elapsed() >= Duration::from_millis(50) {
+        release_memory();
+    }
+    more
+}
+
+/// Returns the allocator's freed memory to the OS, if the binary said how ([`RELEASE_MEMORY`]).
+pub fn release_memory() {
+    if let Some(release) = RELEASE_MEMORY.get() {
+        release();
+    }
 }

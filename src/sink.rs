@@ -1540,6 +1540,16 @@ impl<'a> LineWriter<'a> {
         Ok(())
     }
 
+    /// Starts the writeback every 64 MiB (`synced_to`: where it last started), so that the
+    /// sync at the end waits for the last part only.
+    fn writeback_every_64_mib(&mut self, synced_to: &mut u64) -> std::io::Result<()> {
+        if self.pos >= *synced_to + (64 << 20) {
+            self.start_writeback()?;
+            *synced_to = self.pos;
+        }
+        Ok(())
+    }
+
     /// Hands back the replaced file, still open: closing the last descriptor of a file
     /// already replaced (renamed over) frees its pages, which [`close_later`] does on
     /// another thread.
@@ -2555,7 +2565,19 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
                     continue;
                 }
             }
-            self.groups.insert(g, Self::table_of(records));
+            // Sorted and consolidated in place, written from the vector and kept pending: the
+            // group's table (a B-tree) is built when a later epoch changes it or between
+            // epochs, not beside the records while the epoch is written (3.87M `not_selected`
+            // records at the paper's scale: the peak of a build).
+            let mut records = records;
+            records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            differential_dataflow::consolidation::consolidate(&mut records);
+            if records.is_empty() {
+                self.groups.insert(g, BTreeMap::new());
+            } else {
+                self.groups.remove(&g);
+                self.pending.insert(g, records);
+            }
         }
         if first {
             changed.extend(self.groups.keys().cloned());
@@ -2571,7 +2593,9 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         let before = written.clone();
         for g in changed {
             let path = self.dir.join(format!("{g}.jsonl"));
+            let pending = self.pending.get(&g);
             let digest = match self.groups.get(&g) {
+                _ if pending.is_some() => self.digest(self.sums.get(&g).copied().unwrap_or(0)),
                 Some(t) if !t.is_empty() => self.digest(self.sums.get(&g).copied().unwrap_or(0)),
                 _ => {
                     self.groups.remove(&g);
@@ -2586,36 +2610,48 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
                 .get(&g)
                 .is_some_and(|(d, len)| *d == digest && on_disk == Some(*len))
             {
-                if first {
+                if first && pending.is_none() {
                     self.unindexed.insert(g);
                 }
                 continue;
             }
-            let table = self.groups.get_mut(&g).expect("checked above");
             // Streamed to a temporary file (a group can hold millions of records).
             let (tmp, mut w) = temp_writer(&path)?;
             let (len, replaced) = {
-                let mut lines = LineWriter::to_file(&mut w, std::fs::File::open(&path).ok());
                 let mut line = Vec::new();
-                // The writeback begins every 64 MiB, so that the sync at the end waits for
-                // the last part only.
                 let mut synced_to = 0u64;
-                for (t, held) in table.iter_mut() {
-                    if lines.pos >= synced_to + (64 << 20) {
-                        lines.start_writeback()?;
-                        synced_to = lines.pos;
+                match pending {
+                    // Rendered from the records (a pending group's lines are not known).
+                    Some(records) => {
+                        let mut lines = LineWriter::to_file(&mut w, None);
+                        for (t, count) in records {
+                            lines.writeback_every_64_mib(&mut synced_to)?;
+                            line.clear();
+                            render(t, &mut line)?;
+                            line.push(b'\n');
+                            lines.write(&line, (*count).max(0) as usize)?;
+                        }
+                        (lines.pos, lines.into_from()?)
                     }
-                    (held.at, held.len) = if held.len > 0 && lines.copies() {
-                        self.spliced += 1;
-                        (lines.copy(held.at, held.len)?, held.len)
-                    } else {
-                        line.clear();
-                        render(t, &mut line)?;
-                        line.push(b'\n');
-                        lines.write(&line, held.count.max(0) as usize)?
-                    };
+                    None => {
+                        let table = self.groups.get_mut(&g).expect("checked above");
+                        let from = std::fs::File::open(&path).ok();
+                        let mut lines = LineWriter::to_file(&mut w, from);
+                        for (t, held) in table.iter_mut() {
+                            lines.writeback_every_64_mib(&mut synced_to)?;
+                            (held.at, held.len) = if held.len > 0 && lines.copies() {
+                                self.spliced += 1;
+                                (lines.copy(held.at, held.len)?, held.len)
+                            } else {
+                                line.clear();
+                                render(t, &mut line)?;
+                                line.push(b'\n');
+                                lines.write(&line, held.count.max(0) as usize)?
+                            };
+                        }
+                        (lines.pos, lines.into_from()?)
+                    }
                 }
-                (lines.pos, lines.into_from()?)
             };
             commit_temp(&tmp, w, &path)?;
             if let Some(old) = replaced {

@@ -125,19 +125,16 @@ impl Handles {
 }
 
 /// Runs one sink operator's epoch, logging (at debug level) how long it took; a long one's
-/// freed memory goes back to the OS at once ([`crate::runtime::release_memory`]).
+/// freed memory goes back to the OS at once ([`crate::runtime::release_after_bulk`]).
 fn timed<R>(operator: &'static str, f: impl FnOnce() -> R) -> R {
     let started = std::time::Instant::now();
     let r = f();
-    let took = started.elapsed();
     tracing::debug!(
         operator,
-        ms = took.as_secs_f64() * 1e3,
+        ms = started.elapsed().as_secs_f64() * 1e3,
         "sink operator epoch"
     );
-    if took >= std::time::Duration::from_millis(50) {
-        crate::runtime::release_memory();
-    }
+    crate::runtime::release_after_bulk(started);
     r
 }
 

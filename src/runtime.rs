@@ -721,10 +721,16 @@ pub static RELEASE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new(
 fn step_releasing(worker: &mut timely::worker::Worker, park: Option<Duration>) -> bool {
     let started = Instant::now();
     let more = worker.step_or_park(park);
+    release_after_bulk(started);
+    more
+}
+
+/// [`release_memory`] after work begun at `started`, if it was bulk work (50 ms or more: an
+/// epoch of an operator or a sink at scale), not after every small step.
+pub fn release_after_bulk(started: Instant) {
     if started.elapsed() >= Duration::from_millis(50) {
         release_memory();
     }
-    more
 }
 
 /// Returns the allocator's freed memory to the OS, if the binary said how ([`RELEASE_MEMORY`]).

@@ -637,7 +637,6 @@ impl Fragments {
     }
 }
 
-/// The dataset's changes, for the change partitions one worker owns (by question id).
 /// Consolidates `updates` in place into the order (bucket, data), `bucket(d) < buckets`, and
 /// returns each non-empty bucket with its length, in order: diffs of equal data summed, zeros
 /// dropped.
@@ -695,6 +694,7 @@ fn consolidate_buckets<D: Ord>(
     out
 }
 
+/// The dataset's changes, for the change partitions one worker owns (by question id).
 pub struct DatasetChanges {
     dirs: OutDirs,
     naming: Naming,
@@ -835,11 +835,14 @@ impl DatasetChanges {
             .iter()
             .filter_map(|(part, bytes)| {
                 let state: RowsStateRef<'b> = bincode::deserialize(bytes).ok()?;
+                if state.version != version || state.parts != shard_count {
+                    return None;
+                }
                 let mut rows = state.rows;
                 if !rows.is_sorted_by_key(|r| r.0) {
                     rows.sort_unstable_by_key(|r| r.0);
                 }
-                (state.version == version && state.parts == shard_count).then_some((*part, rows))
+                Some((*part, rows))
             })
             .collect()
     }
@@ -2281,10 +2284,12 @@ pub struct AuditTable<T: Ord + Clone + Hash> {
     /// records do not know their lines yet: read from the file when an epoch first changes
     /// the group.
     unindexed: BTreeSet<String>,
-    /// Groups whose file was found to hold exactly their records at the first epoch: their
-    /// records as they came (unsorted), made a table only when an epoch changes the group. A
-    /// restart whose audit is unchanged (3.87M `not_selected` records at the paper's scale)
-    /// neither sorts nor indexes them.
+    /// Groups whose file holds exactly their records, and whose records are not a table
+    /// yet: found so at a restart's first epoch (records as they came, unsorted), or written
+    /// from their records when they first appeared (sorted and consolidated). Made a table
+    /// only when an epoch changes the group or between epochs of a following run: a restart
+    /// whose audit is unchanged (3.87M `not_selected` records at the paper's scale) neither
+    /// sorts nor indexes them, and a build does not hold them twice while it writes them.
     pending: BTreeMap<String, Vec<(T, isize)>>,
     /// group -> the sum, over its records, of multiplicity x 128-bit hash (see
     /// [`AuditTable::digest`]), kept up to date update by update: an epoch that changes 10k of
@@ -2308,8 +2313,8 @@ struct Run<T> {
     group: String,
     /// The run's share of the group's hash sum.
     sum: u128,
-    /// The run's records, when the group held none before the epoch (its table is built from
-    /// them in one go).
+    /// The run's records, when the group held none before the epoch (it is then kept pending:
+    /// see [`AuditTable::pending`]).
     fresh: Option<Vec<(T, isize)>>,
 }
 
@@ -2483,8 +2488,8 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         render: impl Fn(&T, &mut dyn Write) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         let mut changed: BTreeSet<String> = BTreeSet::new();
-        // Records of groups that hold none yet are gathered and their tables built in one go
-        // (full B-tree nodes; inserting one by one leaves nodes a third to a half empty).
+        // Records of groups that hold none yet are gathered, not inserted one by one: such a
+        // group is kept pending (below) and its table built in one go when it is needed.
         let mut fresh: BTreeMap<String, Vec<(T, isize)>> = BTreeMap::new();
         let mut one = xxhash_rust::xxh3::Xxh3::new();
         // Records come in runs of one group (a step's rejections): the group's bookkeeping is
@@ -2594,17 +2599,14 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         for g in changed {
             let path = self.dir.join(format!("{g}.jsonl"));
             let pending = self.pending.get(&g);
-            let digest = match self.groups.get(&g) {
-                _ if pending.is_some() => self.digest(self.sums.get(&g).copied().unwrap_or(0)),
-                Some(t) if !t.is_empty() => self.digest(self.sums.get(&g).copied().unwrap_or(0)),
-                _ => {
-                    self.groups.remove(&g);
-                    self.sums.remove(&g);
-                    written.remove(&g);
-                    let _ = std::fs::remove_file(&path);
-                    continue;
-                }
-            };
+            if pending.is_none() && self.groups.get(&g).is_none_or(|t| t.is_empty()) {
+                self.groups.remove(&g);
+                self.sums.remove(&g);
+                written.remove(&g);
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let digest = self.digest(self.sums.get(&g).copied().unwrap_or(0));
             let on_disk = std::fs::metadata(&path).map(|m| m.len()).ok();
             if written
                 .get(&g)

@@ -281,6 +281,9 @@ pub struct ParsedFile {
     pub names: String,
     pub ends: Vec<u32>,
     pub rejections: Vec<Rejection>,
+    /// The store's mark when the parse was saved, its texts written through: a store that
+    /// still covers it holds every text the parse refers to.
+    pub texts: Option<crate::store::TextsMark>,
 }
 
 impl ParsedFile {
@@ -292,14 +295,16 @@ impl ParsedFile {
 
 /// Version of the parse cache's key and format: bump it when parsing or the `Question` record
 /// changes (normalization and hashing changes bump [`hash::HASH_VERSION`], also in the key).
-const PARSE_CACHE_VERSION: u32 = 1;
+const PARSE_CACHE_VERSION: u32 = 2;
 
 /// Parses kept across runs (`OUT/.store/parsed`), one bincode [`ParsedFile`] per file read,
 /// named by a hash of the parse cache version, the source's settings, the file's path and
 /// its content. A restart's replay of an unchanged file loads its parse instead of parsing,
 /// normalizing and hashing every record again: at the paper's scale that was 40% of a replay.
 /// A parse is used only if every text it refers to is in the store (the store outlives runs,
-/// see [`crate::store::DiskTexts`]); otherwise the file is parsed again. One per process,
+/// see [`crate::store::DiskTexts`]); otherwise the file is parsed again. The store's mark,
+/// saved with the parse, tells that at once; without it (a store made anew or cut back since),
+/// each text is looked up. One per process,
 /// shared by its workers' trackers. Not used in a cluster, whose processes learn each other's
 /// texts only from what ingest journals.
 #[derive(Debug)]
@@ -363,9 +368,9 @@ impl ParseCache {
             }
             None => {
                 self.parsed.fetch_add(1, Relaxed);
-                let (parsed, of_content) = parse();
+                let (mut parsed, of_content) = parse();
                 if of_content {
-                    self.save(&at, &parsed, store);
+                    self.save(&at, &mut parsed, store);
                 }
                 parsed
             }
@@ -431,16 +436,20 @@ impl ParseCache {
                 .ends
                 .last()
                 .is_none_or(|e| *e as usize == parsed.names.len())
-            && parsed.questions.iter().all(|q| store.has_text(q.text));
+            && (parsed.texts.is_some_and(|m| store.covers(m))
+                || parsed.questions.iter().all(|q| store.has_text(q.text)));
         complete.then_some(parsed)
     }
 
-    fn save(&self, path: &Path, parsed: &ParsedFile, store: &Store) {
+    fn save(&self, path: &Path, parsed: &mut ParsedFile, store: &Store) {
         // The texts first: a parse is only of use with its texts in the store.
         let saved = store
             .flush_texts()
-            .and_then(|_| std::fs::create_dir_all(&self.dir))
-            .and_then(|_| bincode::serialize(parsed).map_err(std::io::Error::other))
+            .and_then(|mark| {
+                parsed.texts = mark;
+                std::fs::create_dir_all(&self.dir)
+            })
+            .and_then(|_| bincode::serialize(&*parsed).map_err(std::io::Error::other))
             .and_then(|bytes| crate::sink::write_atomic(path, &bytes));
         if let Err(e) = saved {
             tracing::warn!(file = %path.display(), "could not save a parse cache entry: {e}");

@@ -33,3 +33,4 @@ pub mod sink;
 pub mod stats;
 pub mod store;
 pub mod teachers;
+pub mod text_index;

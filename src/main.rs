@@ -262,10 +262,20 @@ fn load(path: &std::path::Path) -> Result<Recipe, ExitCode> {
 /// ingest or a sink's epoch left freed goes back as soon as it is done
 /// ([`thoughtflow::runtime::RELEASE_MEMORY`]): the peak stays where it was, and the replay
 /// faults in 11 GB. `MIMALLOC_PURGE_DELAY` still overrides the delay.
+///
+/// And in a restart's replay (a store that holds texts already), where the kernel backs memory
+/// with transparent huge pages, pages go back in whole huge pages (mimalloc's
+/// `allow_thp = 2`), not in 64 KiB pieces (`huge_purges`). A piece returned splits its huge
+/// page, and the memory then comes back 4 KiB fault by 4 KiB fault: a replay at scale 1.0 took
+/// 400k page faults, now 90k, and its kernel time fell by a third. A fresh build keeps the
+/// 64 KiB pieces: its peak grew from 3.75 to 3.99 GiB with whole huge pages, at the edge of
+/// its 4 GiB target. `MIMALLOC_ALLOW_THP` overrides both.
 #[cfg(not(feature = "system-alloc"))]
 fn tune_allocator() {
-    // `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (v3, the version the crate builds).
+    // `mi_option_purge_delay` and `mi_option_allow_thp` in mimalloc.h's `mi_option_e` (v3,
+    // the version the crate builds).
     const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+    const MI_OPTION_ALLOW_THP: std::ffi::c_int = 43;
     extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
         fn mi_collect(force: bool);
@@ -279,6 +289,16 @@ fn tune_allocator() {
         // SAFETY: a plain setter of mimalloc's option table, called before any worker starts.
         unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
     }
+    fn huge_purges() {
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+            // SAFETY: a plain setter of mimalloc's option table, which mimalloc reads when it
+            // purges (the minimal purge size becomes the huge page size if the kernel has
+            // transparent huge pages) and when it maps memory (THP stays allowed). Called
+            // before any worker starts.
+            unsafe { mi_option_set(MI_OPTION_ALLOW_THP, 2) }
+        }
+    }
+    let _ = thoughtflow::runtime::ON_RESTART.set(huge_purges);
 }
 
 /// How long mimalloc keeps a freed page before it returns it to the OS (see `tune_allocator`).

@@ -169,6 +169,11 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
         opts.cluster.as_ref().map(|_| opts.workers.max(1)),
     )
     .with_context(|| format!("creating the text store {}", texts_file.display()))?;
+    if store.text_count() > 0 {
+        if let Some(tune) = ON_RESTART.get() {
+            tune();
+        }
+    }
     let replay: ReplayAnswers = recipe
         .teachers
         .iter()
@@ -248,6 +253,7 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
         .is_none()
         .then(|| Arc::new(ParseCache::new(dirs.root.join(".store").join("parsed"))));
     let parse_cache2 = parse_cache.clone();
+    let store2 = Arc::clone(&store);
     let guards = timely::execute(config, move |worker| {
         drive(
             worker,
@@ -276,6 +282,12 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
     }
     if let Some(c) = &parse_cache {
         c.sweep();
+    }
+    // The next run maps the text index's sorted base instead of loading its log.
+    match store2.compact_texts() {
+        Ok(true) => tracing::debug!("text index base rewritten"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("could not rewrite the text index base: {e}"),
     }
     let (epochs, stats) = match summary {
         Some(s) => s,
@@ -712,6 +724,10 @@ fn insert_results(
     }
     n
 }
+
+/// Set by the binary to a function that tunes the allocator for a restart's replay (called
+/// when the run opens a store that holds texts already).
+pub static ON_RESTART: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
 /// Set by the binary to a function that returns the allocator's freed memory to the OS.
 pub static RELEASE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use thoughtflow_operators::record::{QuestionId, SourceId, TextRef};
 use thoughtflow_operators::text::{MemTexts, TextLookup};
 
+use crate::text_index::{self, SortedIndex, ENTRY as INDEX_ENTRY};
+
 const SHARDS: usize = 64;
 
 /// One entry of the store, as it travels between the processes of a cluster.
@@ -34,25 +36,44 @@ thread_local! {
 }
 
 /// Texts on disk: one append-only file of `[key: 16 bytes][length: u32][UTF-8 bytes]` records,
-/// and an in-memory index from key to (offset, length), about 40 bytes per text instead of the
-/// text itself. Reads are positioned reads (`pread`), served by the page cache when hot.
+/// and an index from key to (offset, length), about 30 bytes per text instead of the text
+/// itself. Reads are positioned reads (`pread`), served by the page cache when hot.
 ///
-/// The store outlives a run: beside the texts, `texts-P.idx` keeps the index as fixed-size
-/// `[key: 16][offset: u64][length: u32]` entries, appended after their texts. Opening the store
-/// loads the index instead of reading the texts, so a restart's replay finds every text it
-/// put before and writes none of them again. An entry whose text is not wholly in the file (a
-/// crash between the two appends) is dropped with everything after it, and both files are cut
-/// back to what the kept entries cover.
-/// One shard of a [`DiskTexts`] index: key to (offset, length).
-type TextIndex = thoughtflow_operators::hash::FastMap<TextRef, (u64, u32)>;
-
+/// The store outlives a run: beside the texts, `texts-P.idx` logs the index as fixed-size
+/// `[key: 16][offset: u64][length: u32]` entries, appended after their texts, and
+/// `texts-P.sorted` holds the log's entries up to some point sorted, mapped into memory and
+/// searched in place (see [`crate::text_index`]). Opening the store maps that base and loads
+/// only the log entries after it into hash maps. So a restart's replay finds every text it put
+/// before, writes none of them again, and does not wait to load millions of entries. A log
+/// entry whose text is not wholly in the file (a crash between the two appends) is dropped
+/// with everything after it, and both files are cut back to what the kept entries cover.
 pub struct DiskTexts {
+    /// The sorted, mapped entries of earlier runs.
+    base: Option<SortedIndex>,
+    /// The entries after the base, by shard.
     index: Vec<RwLock<TextIndex>>,
     writer: Mutex<TextWriter>,
     /// Bytes of the file known to be written through to the OS (readable with `pread`).
     flushed: AtomicU64,
     reader: std::fs::File,
+    sorted_path: std::path::PathBuf,
+    /// This store's identity (`texts-P.id`): drawn anew when the store is created or a
+    /// torn end is cut off, so that a [`TextsMark`] never outlives the texts it counted.
+    id: u64,
 }
+
+/// A point in a text store's history: its identity and how many texts it held. Every text
+/// put before the mark is in the store as long as the store's identity is the same and it
+/// holds at least as many texts ([`Store::covers`]): texts are only ever appended, and a store
+/// whose end is cut back, or made anew, takes a new identity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TextsMark {
+    pub store: u64,
+    pub texts: u64,
+}
+
+/// One shard of a [`DiskTexts`] index's entries after its base: key to (offset, length).
+type TextIndex = thoughtflow_operators::hash::FastMap<TextRef, (u64, u32)>;
 
 /// The appending side of a [`DiskTexts`].
 struct TextWriter {
@@ -60,10 +81,11 @@ struct TextWriter {
     /// Length of the texts file, counting what is still buffered.
     len: u64,
     index: std::io::BufWriter<std::fs::File>,
+    /// Entries of the index log, counting what is still buffered.
+    entries: u64,
+    /// Entries the base on disk covers, if this store wrote it (its mapped base is older).
+    written_base: Option<u64>,
 }
-
-/// Bytes of one index entry.
-const INDEX_ENTRY: usize = 16 + 8 + 4;
 
 impl DiskTexts {
     /// Opens the store file at `path` (created when absent) and its index beside it.
@@ -78,25 +100,33 @@ impl DiskTexts {
             .write(true)
             .open(path)?;
         let index_path = path.with_extension("idx");
-        let mut index_file = std::fs::OpenOptions::new()
+        let sorted_path = path.with_extension("sorted");
+        let index_file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
             .open(&index_path)?;
         let data_len = data.metadata()?.len();
-        let mut entries = Vec::new();
-        std::io::Read::read_to_end(&mut index_file, &mut entries)?;
+        let log_entries = index_file.metadata()?.len() / INDEX_ENTRY as u64;
+        let base = SortedIndex::open(&sorted_path, log_entries, data_len);
+        // The log after the base: entries are appended in file order, the kept ones are a
+        // prefix of it.
+        let (start, mut end) = base
+            .as_ref()
+            .map_or((0, 0), |b| (b.covers_entries, b.covers_bytes));
+        let mut tail = vec![0u8; ((log_entries - start) as usize) * INDEX_ENTRY];
+        index_file.read_exact_at(&mut tail, start * INDEX_ENTRY as u64)?;
         let mut index: Vec<RwLock<TextIndex>> = (0..SHARDS)
-            .map(|_| RwLock::new(Default::default()))
+            .map(|_| {
+                let mut shard = TextIndex::default();
+                shard.reserve(tail.len() / INDEX_ENTRY / SHARDS * 9 / 8);
+                RwLock::new(shard)
+            })
             .collect();
-        // Entries are appended in file order: the kept ones are a prefix.
-        let mut kept = 0usize;
-        let mut end = 0u64;
-        for entry in entries.chunks_exact(INDEX_ENTRY) {
-            let key = TextRef(u128::from_le_bytes(entry[..16].try_into().expect("16")));
-            let at = u64::from_le_bytes(entry[16..24].try_into().expect("8"));
-            let len = u32::from_le_bytes(entry[24..].try_into().expect("4"));
+        let mut kept = start;
+        for entry in tail.chunks_exact(INDEX_ENTRY) {
+            let (key, at, len) = text_index::parse_entry(entry);
             if at < 20 || at + len as u64 > data_len {
                 break;
             }
@@ -107,25 +137,43 @@ impl DiskTexts {
             kept += 1;
             end = end.max(at + len as u64);
         }
+        let id_path = path.with_extension("id");
+        let kept_id = std::fs::read(&id_path)
+            .ok()
+            .and_then(|b| Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)));
+        let cut = kept < log_entries || end < data_len;
+        let id = match kept_id {
+            Some(id) if !cut && kept > 0 => id,
+            _ => {
+                let id = fresh_id();
+                crate::sink::write_atomic(&id_path, &id.to_le_bytes())?;
+                id
+            }
+        };
         data.set_len(end)?;
-        index_file.set_len((kept * INDEX_ENTRY) as u64)?;
+        index_file.set_len(kept * INDEX_ENTRY as u64)?;
         let append = |file: &std::fs::File, at: u64| -> std::io::Result<std::fs::File> {
             let mut f = file.try_clone()?;
             std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(at))?;
             Ok(f)
         };
         Ok(DiskTexts {
+            base,
             index,
             writer: Mutex::new(TextWriter {
                 data: std::io::BufWriter::with_capacity(1 << 20, append(&data, end)?),
                 len: end,
                 index: std::io::BufWriter::with_capacity(
                     1 << 16,
-                    append(&index_file, (kept * INDEX_ENTRY) as u64)?,
+                    append(&index_file, kept * INDEX_ENTRY as u64)?,
                 ),
+                entries: kept,
+                written_base: None,
             }),
             flushed: AtomicU64::new(end),
             reader: data,
+            sorted_path,
+            id,
         })
     }
 
@@ -133,11 +181,20 @@ impl DiskTexts {
         &self.index[(key.0 as usize) % SHARDS]
     }
 
-    pub fn contains(&self, key: TextRef) -> bool {
+    /// Where `key`'s text is: (offset, length).
+    fn locate(&self, key: TextRef) -> Option<(u64, u32)> {
+        if let Some(found) = self.base.as_ref().and_then(|b| b.get(key)) {
+            return Some(found);
+        }
         self.shard(key)
             .read()
             .expect("text index lock")
-            .contains_key(&key)
+            .get(&key)
+            .copied()
+    }
+
+    pub fn contains(&self, key: TextRef) -> bool {
+        self.locate(key).is_some()
     }
 
     /// Stores `text` under `key` (a [`thoughtflow_operators::hash::text_ref`]); a no-op when
@@ -153,10 +210,7 @@ impl DiskTexts {
         }
         let w = &mut *w;
         let at = w.len + 20;
-        let mut entry = [0u8; INDEX_ENTRY];
-        entry[..16].copy_from_slice(&key.0.to_le_bytes());
-        entry[16..24].copy_from_slice(&at.to_le_bytes());
-        entry[24..].copy_from_slice(&(text.len() as u32).to_le_bytes());
+        let entry = text_index::encode_entry((key, at, text.len() as u32));
         let write = w
             .data
             .write_all(&key.0.to_le_bytes())
@@ -167,14 +221,67 @@ impl DiskTexts {
             panic!("writing the text store: {e}");
         }
         w.len += 20 + text.len() as u64;
+        w.entries += 1;
         shard.insert(key, (at, text.len() as u32));
     }
 
     /// Writes what is buffered through to the OS: the texts, then their index entries.
     pub fn flush(&self) -> std::io::Result<()> {
+        self.flush_marked().map(|_| ())
+    }
+
+    /// [`DiskTexts::flush`], and the mark of what it wrote through.
+    pub fn flush_marked(&self) -> std::io::Result<TextsMark> {
         let mut w = self.writer.lock().expect("text writer lock");
         self.flush_data(&mut w)?;
-        w.index.flush()
+        w.index.flush()?;
+        Ok(TextsMark {
+            store: self.id,
+            texts: w.entries,
+        })
+    }
+
+    /// The mark of every text put so far.
+    pub fn mark(&self) -> TextsMark {
+        TextsMark {
+            store: self.id,
+            texts: self.writer.lock().expect("text writer lock").entries,
+        }
+    }
+
+    /// Rewrites the sorted base of the index with every entry logged so far, when the log
+    /// past the base has grown to a sixteenth of it or more (at a run's end: the next run
+    /// then maps it instead of loading the log). Returns whether it did.
+    pub fn compact(&self) -> std::io::Result<bool> {
+        let mut w = self.writer.lock().expect("text writer lock");
+        self.flush_data(&mut w)?;
+        w.index.flush()?;
+        let (covers, base_len) = self
+            .base
+            .as_ref()
+            .map_or((0, 0), |b| (b.covers_entries, b.len() as u64));
+        let tail = w.entries - covers;
+        if tail == 0 || tail * 16 < base_len || w.written_base == Some(w.entries) {
+            return Ok(false);
+        }
+        let mut bytes = vec![0u8; tail as usize * INDEX_ENTRY];
+        w.index
+            .get_ref()
+            .read_exact_at(&mut bytes, covers * INDEX_ENTRY as u64)?;
+        let entries = bytes
+            .chunks_exact(INDEX_ENTRY)
+            .map(text_index::parse_entry)
+            .collect();
+        drop(bytes);
+        text_index::write_merged(
+            &self.sorted_path,
+            self.base.as_ref(),
+            entries,
+            w.entries,
+            w.len,
+        )?;
+        w.written_base = Some(w.entries);
+        Ok(true)
     }
 
     /// Writes the buffered texts through to the OS, so that `pread` sees them.
@@ -211,13 +318,7 @@ impl TextLookup for DiskTexts {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let Some(at) = self
-            .shard(key)
-            .read()
-            .expect("text index lock")
-            .get(&key)
-            .copied()
-        else {
+        let Some(at) = self.locate(key) else {
             return false;
         };
         self.ensure_flushed(at.0, at.1);
@@ -243,8 +344,8 @@ impl TextLookup for DiskTexts {
     fn visit_many(&self, keys: &[TextRef], f: &mut dyn FnMut(usize, &str)) -> usize {
         let mut located: Vec<(u64, u32, usize)> = Vec::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
-            if let Some((at, len)) = self.shard(*key).read().expect("text index lock").get(key) {
-                located.push((*at, *len, i));
+            if let Some((at, len)) = self.locate(*key) {
+                located.push((at, len, i));
             }
         }
         located.sort_unstable();
@@ -281,10 +382,19 @@ impl TextLookup for DiskTexts {
     }
 }
 
+/// A store identity: the time, the process and a random draw, hashed.
+fn fresh_id() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = format!("{now} {} {}", std::process::id(), fastrand::u64(..));
+    thoughtflow_operators::hash::hash64(seed.as_bytes())
+}
+
 /// Where a store keeps its texts.
 pub enum Texts {
     Memory(Arc<MemTexts>),
-    Disk(DiskTexts),
+    Disk(Box<DiskTexts>),
 }
 
 impl Texts {
@@ -388,7 +498,12 @@ impl Store {
             // A cluster's processes learn each other's texts from what they journal as they
             // put them, and a text already on disk would not be journaled: each run starts
             // its store anew (and uses no parse cache, which needs a kept store).
-            for f in [texts.to_path_buf(), texts.with_extension("idx")] {
+            for f in [
+                texts.to_path_buf(),
+                texts.with_extension("idx"),
+                texts.with_extension("sorted"),
+                texts.with_extension("id"),
+            ] {
                 match std::fs::remove_file(&f) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                     _ => {}
@@ -397,7 +512,7 @@ impl Store {
         }
         Ok(Self::build(
             cluster_threads,
-            Texts::Disk(DiskTexts::open(texts)?),
+            Texts::Disk(Box::new(DiskTexts::open(texts)?)),
         ))
     }
 
@@ -410,11 +525,41 @@ impl Store {
         })
     }
 
-    /// Writes the texts put so far through to the OS (a no-op in memory).
-    pub fn flush_texts(&self) -> std::io::Result<()> {
+    /// Writes the texts put so far through to the OS (a no-op in memory), and returns the
+    /// mark of what it wrote (`None` in memory: no mark outlives a memory store).
+    pub fn flush_texts(&self) -> std::io::Result<Option<TextsMark>> {
         match &*self.texts {
-            Texts::Memory(_) => Ok(()),
-            Texts::Disk(d) => d.flush(),
+            Texts::Memory(_) => Ok(None),
+            Texts::Disk(d) => d.flush_marked().map(Some),
+        }
+    }
+
+    /// Texts the store holds (0 in memory: a memory store is never reopened).
+    pub fn text_count(&self) -> u64 {
+        match &*self.texts {
+            Texts::Memory(_) => 0,
+            Texts::Disk(d) => d.mark().texts,
+        }
+    }
+
+    /// Whether every text put before `mark` is in the store (see [`TextsMark`]); `false`
+    /// when that cannot be told from the mark (then ask [`Store::has_text`]).
+    pub fn covers(&self, mark: TextsMark) -> bool {
+        match &*self.texts {
+            Texts::Memory(_) => false,
+            Texts::Disk(d) => {
+                let now = d.mark();
+                now.store == mark.store && now.texts >= mark.texts
+            }
+        }
+    }
+
+    /// At a run's end: rewrites the sorted base of the text index if its log has grown (see
+    /// [`DiskTexts::compact`]; a no-op in memory).
+    pub fn compact_texts(&self) -> std::io::Result<bool> {
+        match &*self.texts {
+            Texts::Memory(_) => Ok(false),
+            Texts::Disk(d) => d.compact(),
         }
     }
 
@@ -676,5 +821,131 @@ mod tests {
         for (k, t) in [(a, "first text"), (b, "second, with ünïcode"), (c, "third")] {
             assert_eq!(texts.get(k).as_deref(), Some(t));
         }
+    }
+
+    /// A compacted store maps its sorted base and loads only the log past it: every text is
+    /// found, before and after more are put and compacted again; a base that covers more
+    /// than the cut-back log is dropped, and the texts the log keeps are still found.
+    #[test]
+    fn the_sorted_base_serves_what_the_log_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("texts-0.bin");
+        let sorted = path.with_extension("sorted");
+        let first: Vec<(TextRef, String)> = (0..500)
+            .map(|i| format!("first run text {i}"))
+            .map(|t| (text_ref(&t), t))
+            .collect();
+        {
+            let texts = DiskTexts::open(&path).unwrap();
+            for (_, t) in &first {
+                put(&texts, t);
+            }
+            assert!(
+                texts.compact().unwrap(),
+                "a base is written for a fresh log"
+            );
+            assert!(!texts.compact().unwrap(), "nothing new: no rewrite");
+        }
+        assert!(sorted.exists());
+        let second: Vec<(TextRef, String)> = (0..30)
+            .map(|i| format!("second run text {i}"))
+            .map(|t| (text_ref(&t), t))
+            .collect();
+        {
+            let texts = DiskTexts::open(&path).unwrap();
+            assert_eq!(texts.base.as_ref().map(SortedIndex::len), Some(500));
+            assert!(texts.index.iter().all(|s| s.read().unwrap().is_empty()));
+            for (k, t) in &first {
+                assert_eq!(texts.get(*k).as_deref(), Some(t.as_str()));
+            }
+            let len = texts.bytes();
+            put(&texts, &first[7].1);
+            assert_eq!(texts.bytes(), len, "a text of the base is not put again");
+            for (_, t) in &second {
+                put(&texts, t);
+            }
+            // 30 past a base of 500: under a sixteenth, kept in the log.
+            assert!(!texts.compact().unwrap());
+        }
+        {
+            let texts = DiskTexts::open(&path).unwrap();
+            assert_eq!(texts.base.as_ref().map(SortedIndex::len), Some(500));
+            for (k, t) in first.iter().chain(&second) {
+                assert_eq!(texts.get(*k).as_deref(), Some(t.as_str()));
+            }
+            put(&texts, "one more");
+            put(&texts, "and one more: 32, a sixteenth");
+            assert!(texts.compact().unwrap());
+        }
+        {
+            let texts = DiskTexts::open(&path).unwrap();
+            assert_eq!(texts.base.as_ref().map(SortedIndex::len), Some(532));
+            let keys: Vec<TextRef> = first.iter().chain(&second).map(|(k, _)| *k).collect();
+            let mut found = 0;
+            texts.visit_many(&keys, &mut |i, text| {
+                assert_eq!(text, first.iter().chain(&second).nth(i).unwrap().1);
+                found += 1;
+            });
+            assert_eq!(found, keys.len());
+        }
+        // A crash that cut the log below what the base covers: the base goes.
+        let index = path.with_extension("idx");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&index)
+            .unwrap()
+            .set_len(300 * INDEX_ENTRY as u64)
+            .unwrap();
+        let texts = DiskTexts::open(&path).unwrap();
+        assert!(texts.base.is_none() && !sorted.exists());
+        for (i, (k, t)) in first.iter().enumerate() {
+            let want = (i < 300).then_some(t.as_str());
+            assert_eq!(texts.get(*k).as_deref(), want, "text {i}");
+        }
+    }
+
+    /// A mark is covered while the store only grows; a store cut back or made anew covers
+    /// none of its old marks.
+    #[test]
+    fn marks_outlive_growth_not_cuts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("texts-0.bin");
+        let mark = {
+            let store = Store::open(&path, None).unwrap();
+            store.put_text(text_ref("a"), "a");
+            store.put_text(text_ref("b"), "b");
+            let mark = store.flush_texts().unwrap().expect("a disk store marks");
+            assert!(store.covers(mark));
+            mark
+        };
+        {
+            let store = Store::open(&path, None).unwrap();
+            assert!(store.covers(mark), "reopened whole");
+            store.put_text(text_ref("c"), "c");
+            store.flush_texts().unwrap();
+        }
+        assert!(Store::open(&path, None).unwrap().covers(mark), "grown");
+        // Cut back (a torn text at the end), then grown past the mark again with other texts.
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        let store = Store::open(&path, None).unwrap();
+        store.put_text(text_ref("d"), "d");
+        store.put_text(text_ref("e"), "e");
+        assert!(!store.covers(mark), "a store cut back covers no old mark");
+        drop(store);
+        for f in ["bin", "idx", "sorted", "id"] {
+            let _ = std::fs::remove_file(path.with_extension(f));
+        }
+        let store = Store::open(&path, None).unwrap();
+        for t in ["a", "b", "c"] {
+            store.put_text(text_ref(t), t);
+        }
+        assert!(!store.covers(mark), "a store made anew covers no old mark");
+        assert!(!Store::new().covers(mark), "nor does a memory store");
     }
 }

@@ -810,7 +810,7 @@ pub struct MemoTable {
 
 #[derive(Default)]
 struct MemoLookup {
-    clean: HashSet<TextRef>,
+    clean: crate::hash::SortedKeys,
     found: HashMap<TextRef, Vec<Match>>,
 }
 
@@ -829,7 +829,7 @@ impl DecontamMemo {
     /// Adds a table (tables of one digest, from several workers, merge).
     pub fn add(&mut self, table: MemoTable) {
         let t = self.tables.entry(table.digest).or_default();
-        t.clean.extend(table.clean);
+        t.clean = std::mem::take(&mut t.clean).union(table.clean);
         t.found.extend(table.found);
     }
 
@@ -850,27 +850,44 @@ impl DecontamMemo {
         self.reused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The remembered matches of `text` under `digest`, with `question` filled in; `None` when
-    /// the text was not seen under that index.
-    fn lookup(&self, digest: u128, question: QuestionId, text: TextRef) -> Option<Vec<Match>> {
-        let t = self.tables.get(&digest)?;
-        let found = if t.clean.contains(&text) {
-            Some(Vec::new())
-        } else {
-            t.found.get(&text).map(|list| {
-                list.iter()
-                    .map(|m| Match {
-                        question,
-                        ..m.clone()
-                    })
-                    .collect()
-            })
+    /// The remembered matches of each pair's text under `digest`, with the question filled
+    /// in; `None` for a text not seen under that index. The clean texts are found by one walk
+    /// of the memo in text order (a replay's first epoch asks for millions).
+    fn lookup_many(
+        &self,
+        digest: u128,
+        pairs: &[(QuestionId, TextRef)],
+    ) -> Vec<Option<Vec<Match>>> {
+        let Some(t) = self.tables.get(&digest) else {
+            return vec![None; pairs.len()];
         };
-        if found.is_some() {
-            self.reused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut order: Vec<u32> = (0..pairs.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| pairs[i as usize].1 .0);
+        let mut out: Vec<Option<Vec<Match>>> = vec![None; pairs.len()];
+        let clean = t
+            .clean
+            .contains_ascending(order.iter().map(|&i| pairs[i as usize].1));
+        let mut reused = 0u64;
+        for (&i, is_clean) in order.iter().zip(clean) {
+            let (question, text) = pairs[i as usize];
+            let found = if is_clean {
+                Some(Vec::new())
+            } else {
+                t.found.get(&text).map(|list| {
+                    list.iter()
+                        .map(|m| Match {
+                            question,
+                            ..m.clone()
+                        })
+                        .collect()
+                })
+            };
+            reused += found.is_some() as u64;
+            out[i as usize] = found;
         }
-        found
+        self.reused
+            .fetch_add(reused, std::sync::atomic::Ordering::Relaxed);
+        out
     }
 }
 
@@ -1165,16 +1182,22 @@ impl Matcher {
         // 5. Questions that appeared or disappeared: retract what they had, match them anew
         // (with the verdict of an earlier run when there is one).
         let mut unknown = Vec::new();
+        let appeared: Vec<(QuestionId, TextRef)> = changed_pairs
+            .iter()
+            .filter(|(_, after)| *after > 0)
+            .map(|(pair, _)| *pair)
+            .collect();
+        let mut remembered = match &self.memo {
+            Some(m) => m.lookup_many(self.digest, &appeared),
+            None => Vec::new(),
+        }
+        .into_iter();
         for ((qid, tref), after) in changed_pairs {
             if let Some(old) = self.emitted.remove(&(qid, tref)) {
                 out.extend(old.into_iter().map(|m| (m, -1)));
             }
             if after > 0 {
-                let remembered = self
-                    .memo
-                    .as_ref()
-                    .and_then(|m| m.lookup(self.digest, qid, tref));
-                match remembered {
+                match remembered.next().flatten() {
                     Some(found) if !found.is_empty() => {
                         out.extend(found.iter().cloned().map(|m| (m, 1)));
                         self.emitted.insert((qid, tref), found);

@@ -442,6 +442,9 @@ fn drive(
         if let Some(e) = handles.sink_errors.borrow().first() {
             return Err(e.clone());
         }
+        if llm.is_none_or(|s| s.outstanding() == 0) {
+            caught_up();
+        }
         #[cfg(feature = "kafka")]
         if let Some(k) = kafka_in.as_mut() {
             k.commit();
@@ -728,6 +731,20 @@ fn insert_results(
 /// Set by the binary to a function that tunes the allocator for a restart's replay (called
 /// when the run opens a store that holds texts already).
 pub static ON_RESTART: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Set by the binary to a function that undoes [`ON_RESTART`]'s tuning once the inputs present
+/// at start are caught up with (called once per process, whether or not it restarted).
+pub static AFTER_CATCH_UP: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Calls [`AFTER_CATCH_UP`] the first time any worker of this process gets here.
+fn caught_up() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        if let Some(f) = AFTER_CATCH_UP.get() {
+            f();
+        }
+    });
+}
 
 /// Set by the binary to a function that returns the allocator's freed memory to the OS.
 pub static RELEASE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();

@@ -743,17 +743,18 @@ fn row_digest(row: &Row) -> u64 {
 /// Feeds `value`'s bincode bytes to `h` as they are serialized, with no buffer (the same
 /// digest as hashing `bincode::serialize(value)`: XXH3's streaming and one-shot digests agree).
 fn hash_serialized<V: serde::Serialize>(h: &mut xxhash_rust::xxh3::Xxh3, value: &V) {
-    struct Feed<'a>(&'a mut xxhash_rust::xxh3::Xxh3);
-    impl Write for Feed<'_> {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.update(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+    // Serialized into a buffer and hashed in one update (the same digest as feeding each
+    // field: xxh3's streaming digest does not depend on how the bytes are cut), not one
+    // update call per field of a few bytes.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    bincode::serialize_into(Feed(h), value).expect("rows serialize");
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        bincode::serialize_into(&mut *buf, value).expect("rows serialize");
+        h.update(&buf);
+    });
 }
 
 /// What the change log keeps of a published row: whether it changed (its digest), what it
@@ -1744,9 +1745,11 @@ impl DatasetFiles {
         // copy). A shard that holds none yet is built in one go from its rows (sorted): full
         // B-tree nodes, where inserting ascending keys one by one leaves them about half full.
         let mut net = net.into_iter();
+        let mut updates: Vec<((RowKey, Row), isize)> = Vec::new();
         for (shard, len) in runs {
             let shard = shard as u32;
-            let updates: Vec<((RowKey, Row), isize)> = net.by_ref().take(len).collect();
+            updates.clear();
+            updates.extend(net.by_ref().take(len));
             let rows = self.shards.entry(shard).or_default();
             for ((key, row), _) in updates.iter().filter(|(_, d)| *d < 0) {
                 if rows.get(key) == Some(row) {
@@ -1754,7 +1757,7 @@ impl DatasetFiles {
                     dirty.insert(shard);
                 }
             }
-            let mut inserted = updates.into_iter().filter(|(_, d)| *d > 0).peekable();
+            let mut inserted = updates.drain(..).filter(|(_, d)| *d > 0).peekable();
             if inserted.peek().is_some() {
                 dirty.insert(shard);
             }

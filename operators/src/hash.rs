@@ -691,6 +691,32 @@ pub fn dir_bucket(key: u128, bits: u32) -> usize {
     (key >> (128 - bits)) as usize
 }
 
+/// `keys` (uniformly hashed) with their positions, in ascending key order: one counting pass
+/// over the keys' top bits, then a sort of each bucket of about 8. A replay orders millions of
+/// texts this way in tens of milliseconds; a comparison sort of positions by key (a cache miss
+/// per comparison) took seconds.
+pub fn ascending_order(keys: &[u128]) -> Vec<(u128, u32)> {
+    let bits = dir_bits(keys.len() as u64);
+    let mut start = vec![0u32; (1usize << bits) + 1];
+    for &k in keys {
+        start[dir_bucket(k, bits) + 1] += 1;
+    }
+    for b in 1..start.len() {
+        start[b] += start[b - 1];
+    }
+    let mut out = vec![(0u128, 0u32); keys.len()];
+    let mut at = start.clone();
+    for (i, &k) in keys.iter().enumerate() {
+        let b = dir_bucket(k, bits);
+        out[at[b] as usize] = (k, i as u32);
+        at[b] += 1;
+    }
+    for b in start.windows(2) {
+        out[b[0] as usize..b[1] as usize].sort_unstable_by_key(|e| e.0);
+    }
+    out
+}
+
 /// A set of text keys as one sorted vector under a bucket directory (a key is found by one
 /// directory read and a binary search of about 8 neighbours). Built from sorted lists by
 /// merging, with no hashing or rehashing: the decontamination memo loads millions of keys at
@@ -797,6 +823,21 @@ mod sorted_keys_tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// The order of any keys, repeats included, is their sorted order, each position once.
+        #[test]
+        fn ascending_order_sorts_positions(keys in proptest::collection::vec(any::<u128>(), 0..300), narrow in 0u32..4) {
+            // Narrowed keys share their top bits, and repeat: many in one bucket.
+            let keys: Vec<u128> = keys.into_iter().map(|k| if narrow > 0 { k >> (128 - narrow * 3) << 100 } else { k }).collect();
+            let order = super::ascending_order(&keys);
+            let mut want: Vec<(u128, u32)> = keys.iter().enumerate().map(|(i, &k)| (k, i as u32)).collect();
+            want.sort_unstable_by_key(|e| e.0);
+            prop_assert_eq!(order.iter().map(|e| e.0).collect::<Vec<_>>(), want.iter().map(|e| e.0).collect::<Vec<_>>());
+            let mut seen: Vec<u32> = order.iter().map(|e| e.1).collect();
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..keys.len() as u32).collect::<Vec<_>>());
+            prop_assert!(order.iter().all(|&(k, i)| keys[i as usize] == k));
+        }
+
         /// A union of sorted key sets holds exactly the keys of its parts.
         #[test]
         fn sorted_keys_hold_their_union(

@@ -861,14 +861,15 @@ impl DecontamMemo {
         let Some(t) = self.tables.get(&digest) else {
             return vec![None; pairs.len()];
         };
-        let mut order: Vec<u32> = (0..pairs.len() as u32).collect();
-        order.sort_unstable_by_key(|&i| pairs[i as usize].1 .0);
+        let texts: Vec<u128> = pairs.iter().map(|(_, t)| t.0).collect();
+        let order = crate::hash::ascending_order(&texts);
+        drop(texts);
         let mut out: Vec<Option<Vec<Match>>> = vec![None; pairs.len()];
         let clean = t
             .clean
-            .contains_ascending(order.iter().map(|&i| pairs[i as usize].1));
+            .contains_ascending(order.iter().map(|&(k, _)| TextRef(k)));
         let mut reused = 0u64;
-        for (&i, is_clean) in order.iter().zip(clean) {
+        for (&(_, i), is_clean) in order.iter().zip(clean) {
             let (question, text) = pairs[i as usize];
             let found = if is_clean {
                 Some(Vec::new())

@@ -269,7 +269,7 @@ fn load(path: &std::path::Path) -> Result<Recipe, ExitCode> {
 /// page, and the memory then comes back 4 KiB fault by 4 KiB fault: a replay at scale 1.0 took
 /// 400k page faults, now 90k, and its kernel time fell by a third. A fresh build keeps the
 /// 64 KiB pieces: its peak grew from 3.75 to 3.99 GiB with whole huge pages, at the edge of
-/// its 4 GiB target. `MIMALLOC_ALLOW_THP` overrides both. Until the replay has caught up,
+/// its 4 GiB target. `MIMALLOC_ALLOW_THP` overrides both. Until the first epoch is done,
 /// freed pages are not returned at all (the replay allocated 10.5 GB of pages for its 3.6 GB
 /// peak, and 4.3 GB for a 3.9 GB peak without purging: 12.3-15.0 s became 10.8-12.0 s,
 /// alternated runs at 1.0); then the delay is set back and the held pages go back

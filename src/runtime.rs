@@ -172,6 +172,7 @@ pub fn run(recipe: Recipe, opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Ru
     if store.text_count() > 0 {
         if let Some(tune) = ON_RESTART.get() {
             tune();
+            TUNED_FOR_REPLAY.store(true, Ordering::SeqCst);
         }
     }
     let replay: ReplayAnswers = recipe
@@ -442,9 +443,9 @@ fn drive(
         if let Some(e) = handles.sink_errors.borrow().first() {
             return Err(e.clone());
         }
-        if llm.is_none_or(|s| s.outstanding() == 0) {
-            caught_up();
-        }
+        // A replay's bulk is its first epoch (LLM calls still in flight may take hours: the
+        // allocator is not left tuned for them).
+        caught_up();
         #[cfg(feature = "kafka")]
         if let Some(k) = kafka_in.as_mut() {
             k.commit();
@@ -732,18 +733,21 @@ fn insert_results(
 /// when the run opens a store that holds texts already).
 pub static ON_RESTART: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
-/// Set by the binary to a function that undoes [`ON_RESTART`]'s tuning once the inputs present
-/// at start are caught up with (called once per process, whether or not it restarted).
+/// Set by the binary to a function that undoes [`ON_RESTART`]'s tuning once a run's first
+/// epoch is done (called once after each call of [`ON_RESTART`]).
 pub static AFTER_CATCH_UP: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
-/// Calls [`AFTER_CATCH_UP`] the first time any worker of this process gets here.
+/// Whether [`ON_RESTART`]'s tuning is in force (until [`caught_up`]).
+static TUNED_FOR_REPLAY: AtomicBool = AtomicBool::new(false);
+
+/// Calls [`AFTER_CATCH_UP`] the first time a worker of this process gets here after
+/// [`ON_RESTART`]'s tuning.
 fn caught_up() {
-    static DONE: std::sync::Once = std::sync::Once::new();
-    DONE.call_once(|| {
+    if TUNED_FOR_REPLAY.swap(false, Ordering::SeqCst) {
         if let Some(f) = AFTER_CATCH_UP.get() {
             f();
         }
-    });
+    }
 }
 
 /// Set by the binary to a function that returns the allocator's freed memory to the OS.

@@ -740,12 +740,11 @@ fn row_digest(row: &Row) -> u64 {
     h.digest()
 }
 
-/// Feeds `value`'s bincode bytes to `h` as they are serialized, with no buffer (the same
-/// digest as hashing `bincode::serialize(value)`: XXH3's streaming and one-shot digests agree).
+/// Feeds `value`'s bincode bytes to `h` in one update, serialized into a buffer the thread
+/// reuses: no allocation per value, and not one update call per field of a few bytes. (The
+/// same digest as hashing `bincode::serialize(value)`: XXH3's streaming digest does not depend
+/// on how the bytes are cut.)
 fn hash_serialized<V: serde::Serialize>(h: &mut xxhash_rust::xxh3::Xxh3, value: &V) {
-    // Serialized into a buffer and hashed in one update (the same digest as feeding each
-    // field: xxh3's streaming digest does not depend on how the bytes are cut), not one
-    // update call per field of a few bytes.
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }

@@ -691,27 +691,34 @@ pub fn dir_bucket(key: u128, bits: u32) -> usize {
     (key >> (128 - bits)) as usize
 }
 
+/// The bucket directory of `keys` (uniformly hashed) under `bits`: bucket `b`'s keys are at
+/// `[starts[b]..starts[b + 1]]` once the keys are in bucket order.
+fn bucket_starts(keys: impl IntoIterator<Item = u128>, bits: u32) -> Vec<u32> {
+    let mut starts = vec![0u32; (1usize << bits) + 1];
+    for k in keys {
+        starts[dir_bucket(k, bits) + 1] += 1;
+    }
+    for b in 1..starts.len() {
+        starts[b] += starts[b - 1];
+    }
+    starts
+}
+
 /// `keys` (uniformly hashed) with their positions, in ascending key order: one counting pass
 /// over the keys' top bits, then a sort of each bucket of about 8. A replay orders millions of
 /// texts this way in tens of milliseconds; a comparison sort of positions by key (a cache miss
 /// per comparison) took seconds.
-pub fn ascending_order(keys: &[u128]) -> Vec<(u128, u32)> {
+pub fn ascending_order(keys: impl ExactSizeIterator<Item = u128> + Clone) -> Vec<(u128, u32)> {
     let bits = dir_bits(keys.len() as u64);
-    let mut start = vec![0u32; (1usize << bits) + 1];
-    for &k in keys {
-        start[dir_bucket(k, bits) + 1] += 1;
-    }
-    for b in 1..start.len() {
-        start[b] += start[b - 1];
-    }
+    let starts = bucket_starts(keys.clone(), bits);
     let mut out = vec![(0u128, 0u32); keys.len()];
-    let mut at = start.clone();
-    for (i, &k) in keys.iter().enumerate() {
+    let mut at = starts.clone();
+    for (i, k) in keys.enumerate() {
         let b = dir_bucket(k, bits);
         out[at[b] as usize] = (k, i as u32);
         at[b] += 1;
     }
-    for b in start.windows(2) {
+    for b in starts.windows(2) {
         out[b[0] as usize..b[1] as usize].sort_unstable_by_key(|e| e.0);
     }
     out
@@ -737,13 +744,7 @@ impl SortedKeys {
             keys.dedup();
         }
         let bits = dir_bits(keys.len() as u64);
-        let mut dir = vec![0u32; (1usize << bits) + 1];
-        for k in &keys {
-            dir[dir_bucket(k.0, bits) + 1] += 1;
-        }
-        for b in 1..dir.len() {
-            dir[b] += dir[b - 1];
-        }
+        let dir = bucket_starts(keys.iter().map(|k| k.0), bits);
         SortedKeys { keys, dir, bits }
     }
 
@@ -828,7 +829,7 @@ mod sorted_keys_tests {
         fn ascending_order_sorts_positions(keys in proptest::collection::vec(any::<u128>(), 0..300), narrow in 0u32..4) {
             // Narrowed keys share their top bits, and repeat: many in one bucket.
             let keys: Vec<u128> = keys.into_iter().map(|k| if narrow > 0 { k >> (128 - narrow * 3) << 100 } else { k }).collect();
-            let order = super::ascending_order(&keys);
+            let order = super::ascending_order(keys.iter().copied());
             let mut want: Vec<(u128, u32)> = keys.iter().enumerate().map(|(i, &k)| (k, i as u32)).collect();
             want.sort_unstable_by_key(|e| e.0);
             prop_assert_eq!(order.iter().map(|e| e.0).collect::<Vec<_>>(), want.iter().map(|e| e.0).collect::<Vec<_>>());

@@ -861,9 +861,7 @@ impl DecontamMemo {
         let Some(t) = self.tables.get(&digest) else {
             return vec![None; pairs.len()];
         };
-        let texts: Vec<u128> = pairs.iter().map(|(_, t)| t.0).collect();
-        let order = crate::hash::ascending_order(&texts);
-        drop(texts);
+        let order = hash::ascending_order(pairs.iter().map(|(_, t)| t.0));
         let mut out: Vec<Option<Vec<Match>>> = vec![None; pairs.len()];
         let clean = t
             .clean

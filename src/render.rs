@@ -879,8 +879,8 @@ pub fn build(
                 crate::sink::shard_of((u.0).1.question.hash, shards) as u64
             }),
             "DatasetFiles",
-            move |epoch, updates| {
-                let updates: Vec<_> = updates.collect();
+            move |epoch, updates: thoughtflow_operators::epoch::Stash<_>| {
+                let updates: Vec<_> = updates.drain().collect();
                 if !updates.is_empty() {
                     crate::runtime::test_pause("sink");
                 }
@@ -929,12 +929,17 @@ pub fn build(
         // Only the last worker holds (and may clean up) the rejection files: worker 0 has the
         // manifest, the changes and the contamination table to write.
         let last = peers - 1;
-        let table =
-            (index == last).then(|| AuditTable::new(dirs.rejections(), naming.context_digest()));
+        let step_name = naming.step_namer();
+        let table = (index == last).then(|| {
+            AuditTable::new(
+                dirs.rejections(),
+                naming.context_digest(),
+                move |r: &Rejection| step_name(r.step),
+            )
+        });
         let table = Arc::new(Mutex::new(table));
         let idle_table = Arc::clone(&table);
         let n2 = naming.clone();
-        let step_name = naming.step_namer();
         let errors = Rc::clone(&sink_errors);
         // The audit files are written on a thread of their own (a refresh at the paper's
         // scale rewrites a 540 MB `hardest.jsonl`), beside this worker's dataset shards; the
@@ -943,15 +948,11 @@ pub fn build(
             all_rejections,
             Exchange::new(move |_: &(Rejection, Epoch, isize)| last as u64),
             "RejectionSink",
-            move |_epoch, updates| {
+            move |_epoch, updates: thoughtflow_operators::epoch::Stash<_>| {
                 let mut table = table.lock().expect("the sink's own thread");
                 let table = table.as_mut()?;
                 let r = timed("RejectionSink", || {
-                    table.epoch(
-                        updates,
-                        |r| step_name(r.step),
-                        |r, w| n2.write_rejection(r, w),
-                    )
+                    table.epoch(updates.into_batches(), |r, w| n2.write_rejection(r, w))
                 });
                 r.err().map(|e| format!("writing rejections: {e}"))
             },
@@ -974,21 +975,26 @@ pub fn build(
             vec![live(|m: &Match| Some(StatKey::Matches(m.bench.clone())))],
         );
         stats.push(counts);
-        let mut table =
-            (index == 0).then(|| AuditTable::new(dirs.contamination(), naming.context_digest()));
+        let mut table = (index == 0).then(|| {
+            let matches: Arc<str> = Arc::from("matches");
+            AuditTable::new(
+                dirs.contamination(),
+                naming.context_digest(),
+                move |_: &Match| Arc::clone(&matches),
+            )
+        });
         let n3 = naming.clone();
         let errors = Rc::clone(&sink_errors);
         first_epoch_unary(
             all_matches,
             Exchange::new(|_: &(Match, Epoch, isize)| 0),
             "ContaminationSink",
-            move |_epoch, updates, _out: &mut Vec<((), isize)>| {
+            move |epoch, updates, _out: &mut Vec<((), isize)>| {
                 let Some(table) = table.as_mut() else { return };
-                if let Err(e) = table.epoch(
-                    updates,
-                    |_| "matches",
-                    |m, w| serde_json::to_writer(w, &n3.render_match(m)).map_err(Into::into),
-                ) {
+                let batch = updates.into_iter().map(|(m, d)| (m, epoch, d)).collect();
+                if let Err(e) = table.epoch(vec![batch], |m, w| {
+                    serde_json::to_writer(w, &n3.render_match(m)).map_err(Into::into)
+                }) {
                     errors
                         .borrow_mut()
                         .push(format!("writing contamination matches: {e}"));

@@ -694,6 +694,26 @@ fn consolidate_buckets<D: Ord>(
     out
 }
 
+/// Counts summed per key as they are pushed: an epoch's counts go out as one update per key,
+/// not one per row (1.2M rows at the paper's scale, two or three counts each).
+#[derive(Default)]
+struct StatTally(BTreeMap<StatKey, isize>);
+
+impl StatTally {
+    fn push(&mut self, (key, d): (StatKey, isize)) {
+        match self.0.get_mut(&key) {
+            Some(n) => *n += d,
+            None => {
+                self.0.insert(key, d);
+            }
+        }
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = (StatKey, isize)> {
+        self.0.into_iter().filter(|(_, d)| *d != 0)
+    }
+}
+
 /// The dataset's changes, for the change partitions one worker owns (by question id).
 pub struct DatasetChanges {
     dirs: OutDirs,
@@ -907,7 +927,7 @@ impl DatasetChanges {
         runs: Vec<(usize, usize)>,
         events: &mut Vec<(SinkEvent, isize)>,
     ) -> std::io::Result<()> {
-        let mut stats: Vec<(StatKey, isize)> = Vec::new();
+        let mut stats = StatTally::default();
         let files = self.state_files();
         let mut previous = self.previous_states(&files, shard_count);
         let write = match self.log {
@@ -978,7 +998,7 @@ impl DatasetChanges {
         &self,
         epoch: Epoch,
         previous: BTreeMap<u32, BTreeMap<RowKey, (u64, String)>>,
-        stats: &mut Vec<(StatKey, isize)>,
+        stats: &mut StatTally,
         changes: &mut Fragments,
     ) -> std::io::Result<()> {
         for (shard, rows) in previous {
@@ -1018,7 +1038,7 @@ impl DatasetChanges {
         mut net: Vec<((RowKey, Row), isize)>,
         events: &mut Vec<(SinkEvent, isize)>,
     ) -> std::io::Result<()> {
-        let mut stats: Vec<(StatKey, isize)> = Vec::new();
+        let mut stats = StatTally::default();
         // Consolidated in place, in (partition, row key) order, not copied.
         let runs = consolidate_buckets(&mut net, shard_count as usize, |(k, _)| {
             change_part_of(k.question, shard_count) as usize
@@ -2269,6 +2289,9 @@ pub fn publish_changes(dirs: &OutDirs, epoch: Epoch) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// How an [`AuditTable`] names a record's group (its file).
+type GroupOf<T> = Box<dyn Fn(&T) -> Arc<str> + Send>;
+
 /// A current-state audit table kept by worker 0 and rewritten per group when it changes.
 ///
 /// Its files outlive a run: a restart's first epoch rewrites only the groups whose content
@@ -2280,6 +2303,8 @@ pub struct AuditTable<T: Ord + Clone + Hash> {
     dir: PathBuf,
     /// A digest of what rendering depends on besides the records (step and teacher names).
     context: u128,
+    /// The group a record belongs to (its file's name).
+    group: GroupOf<T>,
     /// group -> (digest, file size) of what its file holds; loaded at the first epoch.
     written: Option<BTreeMap<String, (String, u64)>>,
     /// Groups whose file holds exactly their records (checked at the first epoch) but whose
@@ -2287,12 +2312,19 @@ pub struct AuditTable<T: Ord + Clone + Hash> {
     /// the group.
     unindexed: BTreeSet<String>,
     /// Groups whose file holds exactly their records, and whose records are not a table
-    /// yet: found so at a restart's first epoch (records as they came, unsorted), or written
-    /// from their records when they first appeared (sorted and consolidated). Made a table
-    /// only when an epoch changes the group or between epochs of a following run: a restart
-    /// whose audit is unchanged (3.87M `not_selected` records at the paper's scale) neither
-    /// sorts nor indexes them, and a build does not hold them twice while it writes them.
+    /// yet, sorted and consolidated: written from their records when they first appeared.
+    /// Made a table only when an epoch changes the group or between epochs of a following
+    /// run: a build does not hold them twice while it writes them.
     pending: BTreeMap<String, Vec<(T, isize)>>,
+    /// The records of groups that a restart's first epoch found their files holding, in the
+    /// batches they came in (groups mixed, unsorted, unconsolidated): a restart whose audit
+    /// is unchanged (3.87M `not_selected` records at the paper's scale) neither moves, sorts
+    /// nor indexes them. Moving them into a vector per group took a second of fresh pages at
+    /// that scale, after the workers had finished. Split into `pending` (see
+    /// [`AuditTable::unshare`]) when one of these groups is needed.
+    shared: Vec<Vec<(T, Epoch, isize)>>,
+    /// The groups whose records are in `shared`, with how many of them each has.
+    shared_groups: BTreeMap<String, usize>,
     /// group -> the sum, over its records, of multiplicity x 128-bit hash (see
     /// [`AuditTable::digest`]), kept up to date update by update: an epoch that changes 10k of
     /// a group's 3.87M records hashes those 10k, not the group.
@@ -2312,7 +2344,7 @@ struct Held {
 
 /// A run of an epoch's records of one group (see [`AuditTable::epoch`]).
 struct Run<T> {
-    group: String,
+    group: Arc<str>,
     /// The run's share of the group's hash sum.
     sum: u128,
     /// The run's records, when the group held none before the epoch (it is then kept pending:
@@ -2320,15 +2352,59 @@ struct Run<T> {
     fresh: Option<Vec<(T, isize)>>,
 }
 
+/// Groups seen in a pass over records, each looked up once per run of its records (records
+/// come in runs of one group: a step's rejections), not once per record.
+struct GroupIndex<V> {
+    names: Vec<Arc<str>>,
+    values: Vec<V>,
+    last: usize,
+}
+
+impl<V: Default> GroupIndex<V> {
+    fn new() -> Self {
+        GroupIndex {
+            names: Vec::new(),
+            values: Vec::new(),
+            last: 0,
+        }
+    }
+
+    fn of(&mut self, g: Arc<str>) -> &mut V {
+        if self.names.get(self.last).is_none_or(|n| **n != *g) {
+            self.last = match self.names.iter().position(|n| **n == *g) {
+                Some(i) => i,
+                None => {
+                    self.names.push(g);
+                    self.values.push(V::default());
+                    self.names.len() - 1
+                }
+            };
+        }
+        &mut self.values[self.last]
+    }
+
+    fn into_pairs(self) -> impl Iterator<Item = (Arc<str>, V)> {
+        self.names.into_iter().zip(self.values)
+    }
+}
+
 impl<T: Ord + Clone + Hash> AuditTable<T> {
-    pub fn new(dir: PathBuf, context: u128) -> Self {
+    /// A table of records grouped into files by `group`.
+    pub fn new(
+        dir: PathBuf,
+        context: u128,
+        group: impl Fn(&T) -> Arc<str> + Send + 'static,
+    ) -> Self {
         AuditTable {
             groups: BTreeMap::new(),
             dir,
             context,
+            group: Box::new(group),
             written: None,
             unindexed: BTreeSet::new(),
             pending: BTreeMap::new(),
+            shared: Vec::new(),
+            shared_groups: BTreeMap::new(),
             sums: BTreeMap::new(),
             spliced: 0,
         }
@@ -2357,9 +2433,37 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         format!("{:032x}", h.digest128())
     }
 
-    /// Makes a pending group (see `pending`) a table whose lines are read from its file
-    /// before it changes.
+    /// Whether group `g`'s records are held but not as a table (see `pending`, `shared`).
+    fn is_pending(&self, g: &str) -> bool {
+        self.pending.contains_key(g) || self.shared_groups.contains_key(g)
+    }
+
+    /// Moves the records of `shared` into a vector per group in `pending`, batch by batch
+    /// (each batch freed once read).
+    fn unshare(&mut self) {
+        let shared = std::mem::take(&mut self.shared);
+        let groups = std::mem::take(&mut self.shared_groups);
+        let mut into: GroupIndex<Vec<(T, isize)>> = GroupIndex::new();
+        for (g, n) in groups {
+            *into.of(Arc::from(g)) = Vec::with_capacity(n);
+        }
+        let known = into.names.len();
+        for batch in shared {
+            for (t, _, d) in batch {
+                into.of((self.group)(&t)).push((t, d));
+            }
+        }
+        for (g, records) in into.into_pairs().take(known) {
+            self.pending.insert(g.to_string(), records);
+        }
+    }
+
+    /// Makes a pending group (see `pending`, `shared`) a table whose lines are read from its
+    /// file before it changes.
     fn materialize(&mut self, g: &str) {
+        if self.shared_groups.contains_key(g) {
+            self.unshare();
+        }
         if let Some(records) = self.pending.remove(g) {
             self.groups.insert(g.to_string(), Self::table_of(records));
             self.unindexed.insert(g.to_string());
@@ -2413,12 +2517,14 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         Ok(())
     }
 
-    /// One step of work between epochs: makes a group that a restart left pending a table,
-    /// or pairs a group's records with its file's lines, so that the next epoch that changes
-    /// it need not (3.87M records sorted and a 540 MB file read at the paper's scale). Returns
-    /// whether more is left.
+    /// One step of work between epochs: splits the records a restart kept as they came,
+    /// makes a group that a restart left pending a table, or pairs a group's records with
+    /// its file's lines, so that the next epoch that changes it need not (3.87M records
+    /// sorted and a 540 MB file read at the paper's scale). Returns whether more is left.
     pub fn idle_step(&mut self) -> std::io::Result<bool> {
-        if let Some(g) = self.pending.keys().next().cloned() {
+        if !self.shared_groups.is_empty() {
+            self.unshare();
+        } else if let Some(g) = self.pending.keys().next().cloned() {
             self.materialize(&g);
         } else if let Some(g) = self.unindexed.iter().next().cloned() {
             self.unindexed.remove(&g);
@@ -2432,30 +2538,29 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
     /// marked changed.
     ///
     /// A group that held no records gathers the run's in a vector made room for `left` (the
-    /// records left in the epoch, at least): a first epoch's 3.87M `not_selected` records
-    /// grown by doubling cost a copy and fresh pages per doubling. Room not filled is never
-    /// touched, so it takes no memory.
+    /// records left in the epoch, at least): records grown by doubling cost a copy and fresh
+    /// pages per doubling. Room not filled is never touched, so it takes no memory.
     fn start_run(
         &mut self,
-        g: &str,
+        g: Arc<str>,
         changed: &mut BTreeSet<String>,
         left: usize,
     ) -> std::io::Result<Run<T>> {
-        if !self.pending.is_empty() && self.pending.contains_key(g) {
-            self.materialize(g);
+        if self.is_pending(&g) {
+            self.materialize(&g);
         }
-        if !self.unindexed.is_empty() && self.unindexed.remove(g) {
-            self.index_group(g)?;
+        if !self.unindexed.is_empty() && self.unindexed.remove(&*g) {
+            self.index_group(&g)?;
         }
-        if !self.groups.contains_key(g) {
+        if !self.groups.contains_key(&*g) {
             self.groups.insert(g.to_string(), BTreeMap::new());
         }
-        if !changed.contains(g) {
+        if !changed.contains(&*g) {
             changed.insert(g.to_string());
         }
-        let empty = self.groups[g].is_empty();
+        let empty = self.groups[&*g].is_empty();
         Ok(Run {
-            group: g.to_string(),
+            group: g,
             sum: 0,
             fresh: empty.then(|| Vec::with_capacity(left)),
         })
@@ -2464,51 +2569,38 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
     /// Adds a run's hash sum to its group's, and its records, if the group held none, to
     /// those its table will be built from.
     fn end_run(&mut self, r: Run<T>, fresh: &mut BTreeMap<String, Vec<(T, isize)>>) {
-        let sum = self.sums.entry(r.group.clone()).or_insert(0);
+        let sum = self.sums.entry(r.group.to_string()).or_insert(0);
         *sum = sum.wrapping_add(r.sum);
         if let Some(mut records) = r.fresh {
-            match fresh.get_mut(&r.group) {
+            match fresh.get_mut(&*r.group) {
                 Some(all) => all.append(&mut records),
                 None => {
-                    fresh.insert(r.group, records);
+                    fresh.insert(r.group.to_string(), records);
                 }
             }
         }
     }
 
-    /// Applies diffs (grouped by `group`); rewrites `<dir>/<group>.jsonl` for changed groups
-    /// (at the first epoch, for groups whose file does not hold them already). A rewrite copies
-    /// the lines of the records the epoch did not change from the file in place and renders
-    /// the others.
-    ///
-    /// `updates` is consumed as it is read (a sink hands its stash over batch by batch, so that
-    /// the epoch's records are not held twice).
-    pub fn epoch<G: AsRef<str>>(
+    /// Applies an epoch's updates to the tables, record by record; returns the records of
+    /// groups that held none before, by group.
+    fn apply(
         &mut self,
-        updates: impl IntoIterator<Item = (T, isize)>,
-        group: impl Fn(&T) -> G,
-        render: impl Fn(&T, &mut dyn Write) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        let mut changed: BTreeSet<String> = BTreeSet::new();
-        // Records of groups that hold none yet are gathered, not inserted one by one: such a
-        // group is kept pending (below) and its table built in one go when it is needed.
+        batches: Vec<Vec<(T, Epoch, isize)>>,
+        changed: &mut BTreeSet<String>,
+    ) -> std::io::Result<BTreeMap<String, Vec<(T, isize)>>> {
         let mut fresh: BTreeMap<String, Vec<(T, isize)>> = BTreeMap::new();
         let mut one = xxhash_rust::xxh3::Xxh3::new();
-        // Records come in runs of one group (a step's rejections): the group's bookkeeping is
-        // looked up once per run, not per record (3.87M `not_selected` records at the paper's
-        // scale).
+        let mut left: usize = batches.iter().map(Vec::len).sum();
         let mut run: Option<Run<T>> = None;
-        let mut updates = updates.into_iter();
-        while let Some((t, d)) = updates.next() {
-            let g = group(&t);
-            let g = g.as_ref();
-            if run.as_ref().is_none_or(|r| r.group != g) {
+        for (t, _, d) in batches.into_iter().flatten() {
+            let g = (self.group)(&t);
+            if run.as_ref().is_none_or(|r| *r.group != *g) {
                 if let Some(r) = run.take() {
                     self.end_run(r, &mut fresh);
                 }
-                let left = updates.size_hint().0 + 1;
-                run = Some(self.start_run(g, &mut changed, left)?);
+                run = Some(self.start_run(g, changed, left)?);
             }
+            left -= 1;
             let r = run.as_mut().expect("started");
             r.sum = r
                 .sum
@@ -2517,7 +2609,7 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
                 records.push((t, d));
                 continue;
             }
-            let table = self.groups.get_mut(g).expect("made by start_run");
+            let table = self.groups.get_mut(&*r.group).expect("made by start_run");
             match table.get_mut(&t) {
                 Some(held) => {
                     held.count += d as i32;
@@ -2542,6 +2634,80 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         if let Some(r) = run.take() {
             self.end_run(r, &mut fresh);
         }
+        Ok(fresh)
+    }
+
+    /// A table's first epoch (every group holds no records yet): the records are hashed where
+    /// they lie, and each group whose file holds them already (by `written`) is kept in the
+    /// batches as they came (`shared`); only the others' records are moved into a vector per
+    /// group (returned, for writing).
+    fn first_epoch(
+        &mut self,
+        mut batches: Vec<Vec<(T, Epoch, isize)>>,
+        written: &BTreeMap<String, (String, u64)>,
+    ) -> BTreeMap<String, Vec<(T, isize)>> {
+        let mut one = xxhash_rust::xxh3::Xxh3::new();
+        let mut seen: GroupIndex<(u128, usize)> = GroupIndex::new();
+        for (t, _, d) in batches.iter().flatten() {
+            let (sum, count) = seen.of((self.group)(t));
+            *sum =
+                sum.wrapping_add(Self::record_hash(&mut one, t).wrapping_mul(*d as i128 as u128));
+            *count += 1;
+        }
+        let mut write: BTreeMap<String, usize> = BTreeMap::new();
+        for (g, (sum, count)) in seen.into_pairs() {
+            let digest = self.digest(sum);
+            self.sums.insert(g.to_string(), sum);
+            let on_disk = std::fs::metadata(self.dir.join(format!("{g}.jsonl")))
+                .map(|m| m.len())
+                .ok();
+            if written
+                .get(&*g)
+                .is_some_and(|(d, len)| *d == digest && on_disk == Some(*len))
+            {
+                self.shared_groups.insert(g.to_string(), count);
+            } else {
+                write.insert(g.to_string(), count);
+            }
+        }
+        let mut into: GroupIndex<Vec<(T, isize)>> = GroupIndex::new();
+        for (g, n) in &write {
+            *into.of(Arc::from(g.as_str())) = Vec::with_capacity(*n);
+        }
+        if self.shared_groups.is_empty() {
+            // Nothing kept as it came: each batch is freed once read.
+            for batch in batches {
+                for (t, _, d) in batch {
+                    into.of((self.group)(&t)).push((t, d));
+                }
+            }
+        } else if !write.is_empty() {
+            for batch in &mut batches {
+                let moved = batch.extract_if(.., |(t, _, _)| write.contains_key(&*(self.group)(t)));
+                for (t, _, d) in moved {
+                    into.of((self.group)(&t)).push((t, d));
+                }
+            }
+            batches.retain(|b| !b.is_empty());
+            self.shared = batches;
+        } else {
+            self.shared = batches;
+        }
+        into.into_pairs()
+            .map(|(g, records)| (g.to_string(), records))
+            .collect()
+    }
+
+    /// Applies an epoch's updates, as batches of `(record, epoch, diff)` (grouped by the
+    /// table's `group`); rewrites `<dir>/<group>.jsonl` for changed groups (at the first
+    /// epoch, for groups whose file does not hold them already). A rewrite copies the lines
+    /// of the records the epoch did not change from the file in place and renders the others.
+    pub fn epoch(
+        &mut self,
+        batches: Vec<Vec<(T, Epoch, isize)>>,
+        render: impl Fn(&T, &mut dyn Write) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut changed: BTreeSet<String> = BTreeSet::new();
         let first = self.written.is_none();
         let mut written = match self.written.take() {
             Some(w) => w,
@@ -2554,24 +2720,14 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
                     .unwrap_or_default()
             }
         };
+        // Records of groups that hold none yet are gathered, not inserted one by one: such a
+        // group is kept pending (below) and its table built in one go when it is needed.
+        let fresh = if first {
+            self.first_epoch(batches, &written)
+        } else {
+            self.apply(batches, &mut changed)?
+        };
         for (g, records) in fresh {
-            // At the first epoch, a group whose file holds its records already stays pending:
-            // neither sorted nor indexed unless a later epoch changes it.
-            if first {
-                let digest = self.digest(self.sums.get(&g).copied().unwrap_or(0));
-                let on_disk = std::fs::metadata(self.dir.join(format!("{g}.jsonl")))
-                    .map(|m| m.len())
-                    .ok();
-                if written
-                    .get(&g)
-                    .is_some_and(|(d, len)| *d == digest && on_disk == Some(*len))
-                {
-                    self.groups.remove(&g);
-                    changed.remove(&g);
-                    self.pending.insert(g, records);
-                    continue;
-                }
-            }
             // Sorted and consolidated in place, written from the vector and kept pending: the
             // group's table (a B-tree) is built when a later epoch changes it or between
             // epochs, not beside the records while the epoch is written (3.87M `not_selected`
@@ -2579,6 +2735,7 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
             let mut records = records;
             records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             differential_dataflow::consolidation::consolidate(&mut records);
+            changed.insert(g.clone());
             if records.is_empty() {
                 self.groups.insert(g, BTreeMap::new());
             } else {
@@ -2587,11 +2744,10 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
             }
         }
         if first {
-            changed.extend(self.groups.keys().cloned());
             for e in std::fs::read_dir(&self.dir)?.filter_map(|e| e.ok()) {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if let Some(g) = name.strip_suffix(".jsonl") {
-                    if !self.groups.contains_key(g) && !self.pending.contains_key(g) {
+                    if !self.groups.contains_key(g) && !self.is_pending(g) {
                         changed.insert(g.to_string());
                     }
                 }
@@ -2614,9 +2770,6 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
                 .get(&g)
                 .is_some_and(|(d, len)| *d == digest && on_disk == Some(*len))
             {
-                if first && pending.is_none() {
-                    self.unindexed.insert(g);
-                }
                 continue;
             }
             // Streamed to a temporary file (a group can hold millions of records).
@@ -2944,14 +3097,19 @@ mod tests {
     /// random diffs (multiplicities above one included), within a run and after a restart.
     #[test]
     fn spliced_audit_tables_equal_a_fresh_render() {
-        let group = |t: &(u32, String)| format!("g{}", t.0 % 3);
+        let group = |t: &(u32, String)| Arc::<str>::from(format!("g{}", t.0 % 3));
+        let batches = |updates: Vec<((u32, String), isize)>| {
+            // Cut into a few batches, as a channel delivers them.
+            let all: Vec<_> = updates.into_iter().map(|(t, d)| (t, 0, d)).collect();
+            all.chunks(7).map(|c| c.to_vec()).collect::<Vec<_>>()
+        };
         let render =
             |t: &(u32, String), w: &mut dyn Write| write!(w, "{{\"k\":{},\"v\":{:?}}}", t.0, t.1);
         let read = jsonl_files;
         let tmp = tempfile::tempdir().unwrap();
         let live_dir = tmp.path().join("live");
         std::fs::create_dir_all(&live_dir).unwrap();
-        let mut table = AuditTable::new(live_dir.clone(), 1);
+        let mut table = AuditTable::new(live_dir.clone(), 1, group);
         let mut live: BTreeMap<(u32, String), isize> = BTreeMap::new();
         let mut rng = fastrand::Rng::with_seed(3);
         let mut spliced = 0;
@@ -2959,7 +3117,7 @@ mod tests {
             let mut updates = Vec::new();
             if epoch == 4 {
                 spliced += table.spliced;
-                table = AuditTable::new(live_dir.clone(), 1);
+                table = AuditTable::new(live_dir.clone(), 1, group);
                 updates.extend(live.iter().map(|(t, c)| (t.clone(), *c)));
             } else {
                 for _ in 0..if epoch == 0 { 300 } else { 12 } {
@@ -2973,21 +3131,19 @@ mod tests {
                     updates.push((t, d));
                 }
             }
-            table.epoch(updates, group, render).unwrap();
+            table.epoch(batches(updates), render).unwrap();
             if epoch == 4 {
                 // The restart found every file holding its group: none sorted or rewritten.
-                assert_eq!(table.pending.len(), 3, "groups left pending");
+                assert_eq!(table.shared_groups.len(), 3, "groups left as they came");
+                assert!(table.pending.is_empty());
                 assert!(table.groups.values().all(|t| t.is_empty()));
             }
             let fresh_dir = tmp.path().join(format!("fresh-{epoch}"));
             std::fs::create_dir_all(&fresh_dir).unwrap();
-            let mut fresh = AuditTable::new(fresh_dir.clone(), 1);
+            let mut fresh = AuditTable::new(fresh_dir.clone(), 1, group);
             fresh
                 .epoch(
-                    live.iter()
-                        .map(|(t, c)| (t.clone(), *c))
-                        .collect::<Vec<_>>(),
-                    group,
+                    batches(live.iter().map(|(t, c)| (t.clone(), *c)).collect()),
                     render,
                 )
                 .unwrap();

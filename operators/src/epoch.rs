@@ -19,10 +19,11 @@ pub type Updates<D> = Vec<(D, isize)>;
 
 /// One epoch's updates while the epoch is open: the batches as they arrived, kept whole (a
 /// batch whose updates are all of one epoch is taken, not copied), flattened once into an
-/// exactly sized vector when the epoch is handed over. Pushing update by update into one
-/// growing vector would copy it at every doubling and leave up to half of it unused: at the
-/// paper's scale, a sink's epoch of 1.2M rows.
-struct Stash<D> {
+/// exactly sized vector when the epoch is handed over, or handed over as they are (see
+/// [`first_epoch_sink_offloaded`]). Pushing update by update into one growing vector would
+/// copy it at every doubling and leave up to half of it unused: at the paper's scale, a sink's
+/// epoch of 1.2M rows.
+pub struct Stash<D> {
     batches: Vec<Vec<(D, Epoch, isize)>>,
     len: usize,
 }
@@ -58,9 +59,24 @@ impl<D> Stash<D> {
         self.batches.push(batch);
     }
 
+    /// How many updates the epoch has.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the epoch has no updates.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The batches as they arrived, each `(data, epoch, diff)`.
+    pub fn into_batches(self) -> Vec<Vec<(D, Epoch, isize)>> {
+        self.batches
+    }
+
     /// The updates, moved out batch by batch (each batch freed once read). The iterator knows
     /// its length, so that a consumer that collects it sizes its vector exactly.
-    fn drain(self) -> impl Iterator<Item = (D, isize)> {
+    pub fn drain(self) -> impl Iterator<Item = (D, isize)> {
         let len = self.len;
         let updates = self
             .batches
@@ -247,8 +263,8 @@ where
 
 /// Like [`first_epoch_unary`], for a sink whose work need not hold up its worker: the
 /// work runs on a thread of the operator's own. Once the frontier has passed an epoch, its
-/// updates go to that thread, which calls `logic` with them (epoch after epoch, in order)
-/// while the worker goes on with its other operators. The operator holds the epoch's
+/// updates go to that thread, which calls `logic` with them (epoch after epoch, in order; the
+/// batches as they arrived, see [`Stash`]) while the worker goes on with its other operators. The operator holds the epoch's
 /// capability until `logic` has returned, so that downstream (a probe) sees the epoch complete
 /// only when the sink has finished it, as with the inline operator. `done` then runs on the
 /// worker with what `logic` returned, and what it emits goes out at the epoch.
@@ -272,7 +288,7 @@ where
     D: Clone + Send + 'static,
     O: Clone + 'static,
     P: ParallelizationContract<Epoch, Vec<(D, Epoch, isize)>>,
-    L: FnMut(Epoch, &mut dyn Iterator<Item = (D, isize)>) -> R + Send + 'static,
+    L: FnMut(Epoch, Stash<D>) -> R + Send + 'static,
     R: Send + 'static,
     F: FnMut(Epoch, R, &mut dyn FnMut(O, isize)) + 'static,
     I: FnMut() -> bool + Send + 'static,
@@ -330,7 +346,7 @@ where
                             }
                         };
                         if let Some((t, stash)) = job {
-                            let r = logic(t, &mut stash.drain());
+                            let r = logic(t, stash);
                             if done_tx.send((t, r)).is_err() {
                                 break;
                             }
@@ -568,7 +584,7 @@ mod tests {
                             assert_ne!(std::thread::current().id(), worker_thread);
                             // Slow enough that an inline wait would be noticed.
                             std::thread::sleep(std::time::Duration::from_millis(30));
-                            let sum: isize = updates.map(|(n, d)| n as isize * d).sum();
+                            let sum: isize = updates.drain().map(|(n, d)| n as isize * d).sum();
                             seen.lock().unwrap().push((index, t, sum));
                             sum
                         },
@@ -631,7 +647,7 @@ mod tests {
                     timely::dataflow::channels::pact::Pipeline,
                     "Idle",
                     move |t, updates| {
-                        let n = updates.count();
+                        let n = updates.drain().count();
                         seen.lock().unwrap().push((t, n));
                     },
                     |_, (), _: &mut dyn FnMut((), isize)| {},

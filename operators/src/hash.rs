@@ -704,26 +704,6 @@ fn bucket_starts(keys: impl IntoIterator<Item = u128>, bits: u32) -> Vec<u32> {
     starts
 }
 
-/// `keys` (uniformly hashed) with their positions, in ascending key order: one counting pass
-/// over the keys' top bits, then a sort of each bucket of about 8. A replay orders millions of
-/// texts this way in tens of milliseconds; a comparison sort of positions by key (a cache miss
-/// per comparison) took seconds.
-pub fn ascending_order(keys: impl ExactSizeIterator<Item = u128> + Clone) -> Vec<(u128, u32)> {
-    let bits = dir_bits(keys.len() as u64);
-    let starts = bucket_starts(keys.clone(), bits);
-    let mut out = vec![(0u128, 0u32); keys.len()];
-    let mut at = starts.clone();
-    for (i, k) in keys.enumerate() {
-        let b = dir_bucket(k, bits);
-        out[at[b] as usize] = (k, i as u32);
-        at[b] += 1;
-    }
-    for b in starts.windows(2) {
-        out[b[0] as usize..b[1] as usize].sort_unstable_by_key(|e| e.0);
-    }
-    out
-}
-
 /// A set of text keys as one sorted vector under a bucket directory (a key is found by one
 /// directory read and a binary search of about 8 neighbours). Built from sorted lists by
 /// merging, with no hashing or rehashing: the decontamination memo loads millions of keys at
@@ -824,21 +804,6 @@ mod sorted_keys_tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// The order of any keys, repeats included, is their sorted order, each position once.
-        #[test]
-        fn ascending_order_sorts_positions(keys in proptest::collection::vec(any::<u128>(), 0..300), narrow in 0u32..4) {
-            // Narrowed keys share their top bits, and repeat: many in one bucket.
-            let keys: Vec<u128> = keys.into_iter().map(|k| if narrow > 0 { k >> (128 - narrow * 3) << 100 } else { k }).collect();
-            let order = super::ascending_order(keys.iter().copied());
-            let mut want: Vec<(u128, u32)> = keys.iter().enumerate().map(|(i, &k)| (k, i as u32)).collect();
-            want.sort_unstable_by_key(|e| e.0);
-            prop_assert_eq!(order.iter().map(|e| e.0).collect::<Vec<_>>(), want.iter().map(|e| e.0).collect::<Vec<_>>());
-            let mut seen: Vec<u32> = order.iter().map(|e| e.1).collect();
-            seen.sort_unstable();
-            prop_assert_eq!(seen, (0..keys.len() as u32).collect::<Vec<_>>());
-            prop_assert!(order.iter().all(|&(k, i)| keys[i as usize] == k));
-        }
-
         /// A union of sorted key sets holds exactly the keys of its parts.
         #[test]
         fn sorted_keys_hold_their_union(

@@ -15,6 +15,7 @@
 //! - [`upsert`]: the ingest's keyed upserts, arranged by key.
 //! - [`split`]: one read of a stream that two consumers would otherwise copy.
 
+pub mod counts;
 pub mod epoch;
 pub mod fuzzy;
 pub mod hash;

@@ -48,6 +48,7 @@
 //! adding questions costs only their own n-grams. At 10x the
 //! questions the state grows 10x; at 10x the benchmarks only the (small) index grows.
 
+use crate::counts::SortedCounts;
 use crate::epoch::{accumulate, epoch_binary_then};
 use crate::fuzzy::Pattern;
 use crate::hash;
@@ -61,7 +62,6 @@ use crate::text::TextLookup;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -850,25 +850,23 @@ impl DecontamMemo {
         self.reused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The remembered matches of each pair's text under `digest`, with the question filled
-    /// in; `None` for a text not seen under that index. The clean texts are found by one walk
-    /// of the memo in text order (a replay's first epoch asks for millions).
-    fn lookup_many(
+    /// Hands each pair, with the remembered matches of its text under `digest` (the question
+    /// filled in; `None` for a text not seen under that index), to `f`. The pairs come in
+    /// ascending text order, so that the clean texts are found by one walk of the memo (a
+    /// replay's first epoch asks for millions).
+    fn lookup_ascending(
         &self,
         digest: u128,
-        pairs: &[(QuestionId, TextRef)],
-    ) -> Vec<Option<Vec<Match>>> {
+        pairs: impl Iterator<Item = (QuestionId, TextRef)> + Clone,
+        mut f: impl FnMut((QuestionId, TextRef), Option<Vec<Match>>),
+    ) {
         let Some(t) = self.tables.get(&digest) else {
-            return vec![None; pairs.len()];
+            pairs.for_each(|p| f(p, None));
+            return;
         };
-        let order = hash::ascending_order(pairs.iter().map(|(_, t)| t.0));
-        let mut out: Vec<Option<Vec<Match>>> = vec![None; pairs.len()];
-        let clean = t
-            .clean
-            .contains_ascending(order.iter().map(|&(k, _)| TextRef(k)));
+        let clean = t.clean.contains_ascending(pairs.clone().map(|(_, t)| t));
         let mut reused = 0u64;
-        for (&(_, i), is_clean) in order.iter().zip(clean) {
-            let (question, text) = pairs[i as usize];
+        for ((question, text), is_clean) in pairs.zip(clean) {
             let found = if is_clean {
                 Some(Vec::new())
             } else {
@@ -882,11 +880,10 @@ impl DecontamMemo {
                 })
             };
             reused += found.is_some() as u64;
-            out[i as usize] = found;
+            f((question, text), found);
         }
         self.reused
             .fetch_add(reused, std::sync::atomic::Ordering::Relaxed);
-        out
     }
 }
 
@@ -944,7 +941,7 @@ pub fn ngram_matches<'s>(
         digest: index_digest(&cfg, std::iter::empty()),
         cfg,
         texts,
-        live: HashMap::default(),
+        live: SortedCounts::default(),
         items: BTreeMap::new(),
         index: None,
         emitted: HashMap::default(),
@@ -968,6 +965,30 @@ pub fn ngram_matches<'s>(
     )
 }
 
+/// A (question, text) pair ordered by text, then question: the order the operator keeps its
+/// pairs in (the memo is walked, and texts are read, in text order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(transparent)]
+struct ByText((QuestionId, TextRef));
+
+impl ByText {
+    fn order(&self) -> (u128, QuestionId) {
+        ({ self.0 .1 .0 }, self.0 .0)
+    }
+}
+
+impl Ord for ByText {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.order().cmp(&other.order())
+    }
+}
+
+impl PartialOrd for ByText {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 struct Matcher {
     cfg: DecontamConfig,
     texts: Arc<dyn TextLookup>,
@@ -975,8 +996,10 @@ struct Matcher {
     digest: u128,
     /// Verdicts of earlier runs.
     memo: Option<Arc<DecontamMemo>>,
-    /// Live (question, text) pairs and their multiplicities.
-    live: HashMap<(QuestionId, TextRef), isize>,
+    /// Live (question, text) pairs and their multiplicities: at a replay's first epoch, 2M
+    /// per worker at the paper's scale, kept as they came (a hash table of them took 100 MB
+    /// per worker of fresh pages and a second of the replay).
+    live: SortedCounts<ByText>,
     /// Live benchmark items.
     items: BTreeMap<BenchItem, isize>,
     /// The index of the live items, once built.
@@ -1049,14 +1072,14 @@ impl Matcher {
         // Texts shared by several questions are listed once: sorted and deduplicated rather
         // than through a set of every text (at the paper's scale this runs while the sink
         // still works, and a set of 2M texts per worker took 70 MB).
-        for (pair @ (_, tref), count) in &self.live {
-            if *count <= 0 {
+        for (&ByText(pair @ (_, tref)), count) in self.live.iter() {
+            if count <= 0 {
                 continue;
             }
-            match self.emitted.get(pair) {
-                None => table.clean.push(*tref),
+            match self.emitted.get(&pair) {
+                None => table.clean.push(tref),
                 Some(list) => table.found.push((
-                    *tref,
+                    tref,
                     list.iter()
                         .map(|m| Match {
                             question: QuestionId(0),
@@ -1100,42 +1123,33 @@ impl Matcher {
             );
         }
 
-        // 2. Questions: which (question, text) pairs appeared or disappeared, in pair order
-        // (a sorted vector: at a replay's first epoch this is every live question, millions).
-        let mut q_updates = q_updates;
-        q_updates.sort_unstable_by_key(|(pair, _)| *pair);
-        if self.live.is_empty() {
-            self.live.reserve(q_updates.len());
-        }
-        let mut changed_pairs: Vec<((QuestionId, TextRef), isize)> = Vec::new();
-        let mut updates = q_updates.into_iter().peekable();
-        while let Some((pair, mut r)) = updates.next() {
-            while let Some((_, more)) = updates.next_if(|(next, _)| *next == pair) {
-                r += more;
-            }
-            if r == 0 {
-                continue;
-            }
-            let (before, after) = match self.live.entry(pair) {
-                Entry::Occupied(mut e) => {
-                    let before = *e.get();
-                    if before + r == 0 {
-                        e.remove();
-                    } else {
-                        *e.get_mut() += r;
-                    }
-                    (before, before + r)
+        // 2. Questions: which (question, text) pairs appeared or disappeared, in text order (a
+        // sorted vector: at a replay's first epoch this is every live question, millions).
+        // With no pair live before, the epoch's pairs become the live set as they are, and
+        // every one of them that is live appeared: no copy of them, no table of them.
+        // (Wrapped in place: the same layout, so the vector is reused.)
+        let mut q_updates: Vec<(ByText, isize)> =
+            q_updates.into_iter().map(|(p, r)| (ByText(p), r)).collect();
+        differential_dataflow::consolidation::consolidate(&mut q_updates);
+        let all_new = self.live.is_empty();
+        let changed_pairs: Vec<(ByText, isize)> = if all_new {
+            self.live = SortedCounts::from_sorted(q_updates);
+            Vec::new()
+        } else {
+            let mut changed = Vec::new();
+            for (pair, r) in q_updates {
+                let (before, after) = self.live.add(pair, r);
+                if (before > 0) != (after > 0) {
+                    changed.push((pair, after));
                 }
-                Entry::Vacant(e) => (0, *e.insert(r)),
-            };
-            if (before > 0) != (after > 0) {
-                changed_pairs.push((pair, after));
             }
-        }
+            changed
+        };
         let is_changed = |pair: &(QuestionId, TextRef)| {
-            changed_pairs
-                .binary_search_by_key(pair, |(p, _)| *p)
-                .is_ok()
+            all_new
+                || changed_pairs
+                    .binary_search_by(|(p, _)| p.cmp(&ByText(*pair)))
+                    .is_ok()
         };
 
         // 3. Retract matches of items that disappeared (questions that changed are redone below).
@@ -1159,13 +1173,13 @@ impl Matcher {
         // every live pair changed, as at a first epoch).
         let changed_live = changed_pairs.iter().filter(|(_, after)| *after > 0).count();
         let keys: Vec<(QuestionId, TextRef)> =
-            if added.is_empty() || self.live.len() == changed_live {
+            if added.is_empty() || all_new || self.live.len() == changed_live {
                 Vec::new()
             } else {
                 self.live
                     .iter()
-                    .filter(|(p, c)| **c > 0 && !is_changed(p))
-                    .map(|(p, _)| *p)
+                    .filter(|(p, c)| *c > 0 && !is_changed(&p.0))
+                    .map(|(p, _)| p.0)
                     .collect()
             };
         // (In a first epoch every live question is new, and step 5 matches it.)
@@ -1179,32 +1193,39 @@ impl Matcher {
         }
 
         // 5. Questions that appeared or disappeared: retract what they had, match them anew
-        // (with the verdict of an earlier run when there is one).
-        let mut unknown = Vec::new();
-        let appeared: Vec<(QuestionId, TextRef)> = changed_pairs
-            .iter()
-            .filter(|(_, after)| *after > 0)
-            .map(|(pair, _)| *pair)
-            .collect();
-        let mut remembered = match &self.memo {
-            Some(m) => m.lookup_many(self.digest, &appeared),
-            None => Vec::new(),
-        }
-        .into_iter();
-        for ((qid, tref), after) in changed_pairs {
-            if let Some(old) = self.emitted.remove(&(qid, tref)) {
-                out.extend(old.into_iter().map(|m| (m, -1)));
-            }
-            if after > 0 {
-                match remembered.next().flatten() {
-                    Some(found) if !found.is_empty() => {
-                        out.extend(found.iter().cloned().map(|m| (m, 1)));
-                        self.emitted.insert((qid, tref), found);
-                    }
-                    Some(_) => {}
-                    None => unknown.push((qid, tref)),
+        // (with the verdict of an earlier run when there is one), in text order.
+        if !self.emitted.is_empty() {
+            for (ByText(pair), _) in &changed_pairs {
+                if let Some(old) = self.emitted.remove(pair) {
+                    out.extend(old.into_iter().map(|m| (m, -1)));
                 }
             }
+        }
+        let appeared = |all: bool| {
+            let (live, changed) = (&self.live, &changed_pairs);
+            let from_live = all.then(|| live.iter()).into_iter().flatten();
+            let from_changed = (!all)
+                .then(|| changed.iter().map(|(p, c)| (p, *c)))
+                .into_iter()
+                .flatten();
+            from_live
+                .chain(from_changed)
+                .filter(|(_, after)| *after > 0)
+                .map(|(pair, _)| pair.0)
+        };
+        let mut unknown = Vec::new();
+        let emitted = &mut self.emitted;
+        let mut verdict = |pair, found: Option<Vec<Match>>| match found {
+            Some(found) if !found.is_empty() => {
+                out.extend(found.iter().cloned().map(|m| (m, 1)));
+                emitted.insert(pair, found);
+            }
+            Some(_) => {}
+            None => unknown.push(pair),
+        };
+        match &self.memo {
+            Some(m) => m.lookup_ascending(self.digest, appeared(all_new), &mut verdict),
+            None => appeared(all_new).for_each(|p| verdict(p, None)),
         }
         if !unknown.is_empty() {
             self.ensure_index();

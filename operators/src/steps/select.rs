@@ -18,6 +18,7 @@
 //! per epoch) and only the verdicts that changed are emitted. A build or a replay costs one
 //! ordered-map insert per question, spread over every worker.
 
+use crate::counts::SortedCounts;
 use crate::epoch::epoch_unary_batches;
 use crate::record::{
     ContentHash, Detail, Domain, Epoch, Question, QuestionId, Reason, Rejection, SourceId, StepId,
@@ -277,16 +278,18 @@ impl<const BY_SCORE: bool> PartialOrd for Member<BY_SCORE> {
     }
 }
 
-/// One group's members, in rank order, with the ones currently selected.
+/// One group's members, in rank order, with the ones currently selected. (The members as a
+/// run's first epoch brought them, sorted, and the changes since: a B-tree of a first
+/// epoch's 1.9M members per worker at the paper's scale took 170 MB of fresh pages more.)
 struct Ranked<const BY_SCORE: bool> {
-    members: BTreeMap<Member<BY_SCORE>, isize>,
+    members: SortedCounts<Member<BY_SCORE>>,
     selected: BTreeSet<Member<BY_SCORE>>,
 }
 
 impl<const BY_SCORE: bool> Default for Ranked<BY_SCORE> {
     fn default() -> Self {
         Ranked {
-            members: BTreeMap::new(),
+            members: SortedCounts::default(),
             selected: BTreeSet::new(),
         }
     }
@@ -354,10 +357,10 @@ where
             }
             let keep = sizes.get(&key) as usize;
             let group = groups.entry(key).or_default();
-            group.members = members.into_iter().collect();
+            group.members = SortedCounts::from_sorted(members);
             group.selected = group.members.keys().take(keep).cloned().collect();
             for (i, (m, c)) in group.members.iter().enumerate() {
-                emit(verdict(m, i < keep), *c);
+                emit(verdict(m, i < keep), c);
             }
         }
         let updates = || rest.iter().map(|((_, q), _, r)| (q, *r));
@@ -366,13 +369,11 @@ where
         for (q, r) in updates() {
             let key = per.key(q);
             touched.insert(key);
-            let members = &mut groups.entry(key).or_default().members;
-            let m = Member(q.clone());
-            let c = members.entry(m.clone()).or_insert(0);
-            *c += r;
-            if *c == 0 {
-                members.remove(&m);
-            }
+            groups
+                .entry(key)
+                .or_default()
+                .members
+                .add(Member(q.clone()), r);
         }
         // Each touched group's new selection; the members that entered or left it.
         let mut moved: BTreeMap<GroupKey, BTreeMap<Member<BY_SCORE>, isize>> = BTreeMap::new();
@@ -416,7 +417,7 @@ where
             let group = groups.get(&key).expect("touched");
             let was = &was_selected[&key];
             for (m, delta) in members {
-                let after = group.members.get(&m).copied().unwrap_or(0);
+                let after = group.members.get(&m);
                 let before = after - delta;
                 if before != 0 {
                     emit(verdict(&m, was.contains(&m)), -before);

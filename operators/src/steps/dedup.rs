@@ -41,8 +41,10 @@ pub fn dedup_exact<'s>(
         move |epoch, batches, emit| {
             // The groups this epoch touches, and the verdicts of those that had members before
             // it (taken when the group is first touched); the updates go straight in.
-            // (Each with its slot: the second pass then does not look the hash up again.)
-            let mut touched: Vec<(ContentHash, u32)> = Vec::new();
+            // (By slot: the second pass does not look the hash up again, and takes it from a
+            // member: every touched group has one until its zero counts go. 4 bytes a group,
+            // where (hash, slot) took 32: 64 MB per worker in a replay's first epoch.)
+            let mut touched: Vec<u32> = Vec::new();
             let mut before: HashMap<ContentHash, Vec<(Verdict, isize)>> = HashMap::default();
             // Room for as many new groups as updates, made once (a run's first epoch brings
             // millions: grown by doubling, each step rehashes or copies into fresh pages).
@@ -58,7 +60,7 @@ pub fn dedup_exact<'s>(
                 let (slot, group) = groups.entry(q.hash);
                 if group.touched != epoch {
                     group.touched = epoch;
-                    touched.push((q.hash, slot));
+                    touched.push(slot);
                     if !group.members.is_empty() {
                         let mut v = Vec::new();
                         verdicts(step, &group.members, &mut v);
@@ -71,8 +73,9 @@ pub fn dedup_exact<'s>(
                 }
             }
             let mut after = Vec::new();
-            for (hash, slot) in touched {
+            for slot in touched {
                 let group = groups.slot(slot);
+                let hash = group.members[0].0.hash;
                 group.members.retain(|(_, c)| *c != 0);
                 after.clear();
                 verdicts(step, &group.members, &mut after);

@@ -2312,9 +2312,10 @@ pub struct AuditTable<T: Ord + Clone + Hash> {
     /// the group.
     unindexed: BTreeSet<String>,
     /// Groups whose file holds exactly their records, and whose records are not a table
-    /// yet, sorted and consolidated: written from their records when they first appeared.
-    /// Made a table only when an epoch changes the group or between epochs of a following
-    /// run: a build does not hold them twice while it writes them.
+    /// yet: written from their records (sorted and consolidated) when they first appeared, or
+    /// split from `shared` (as they came). Made a table only when an epoch changes the group
+    /// or between epochs of a following run: a build does not hold them twice while it writes
+    /// them.
     pending: BTreeMap<String, Vec<(T, isize)>>,
     /// The records of groups that a restart's first epoch found their files holding, in the
     /// batches they came in (groups mixed, unsorted, unconsolidated): a restart whose audit
@@ -2722,7 +2723,10 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         };
         // Records of groups that hold none yet are gathered, not inserted one by one: such a
         // group is kept pending (below) and its table built in one go when it is needed.
-        let fresh = if first {
+        // (A table that holds records already, as after a first epoch whose writing failed,
+        // takes them record by record.)
+        let empty = self.groups.is_empty() && self.pending.is_empty() && self.shared.is_empty();
+        let fresh = if first && empty {
             self.first_epoch(batches, &written)
         } else {
             self.apply(batches, &mut changed)?
@@ -3115,7 +3119,11 @@ mod tests {
         let mut spliced = 0;
         for epoch in 0..8 {
             let mut updates = Vec::new();
-            if epoch == 4 {
+            if epoch == 4 || epoch == 6 {
+                if epoch == 6 {
+                    // One group's file is gone: it is written, the others are kept as they came.
+                    std::fs::remove_file(live_dir.join("g0.jsonl")).unwrap();
+                }
                 spliced += table.spliced;
                 table = AuditTable::new(live_dir.clone(), 1, group);
                 updates.extend(live.iter().map(|(t, c)| (t.clone(), *c)));
@@ -3137,6 +3145,12 @@ mod tests {
                 assert_eq!(table.shared_groups.len(), 3, "groups left as they came");
                 assert!(table.pending.is_empty());
                 assert!(table.groups.values().all(|t| t.is_empty()));
+            }
+            if epoch == 6 {
+                let kept: Vec<&String> = table.shared_groups.keys().collect();
+                assert_eq!(kept, ["g1", "g2"], "the groups whose files hold them");
+                let written: Vec<&String> = table.pending.keys().collect();
+                assert_eq!(written, ["g0"], "the group written again");
             }
             let fresh_dir = tmp.path().join(format!("fresh-{epoch}"));
             std::fs::create_dir_all(&fresh_dir).unwrap();

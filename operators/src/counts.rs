@@ -6,7 +6,8 @@
 //! pages (at the paper's scale, hundreds of megabytes per worker that the kernel zeroes) and a
 //! second or so of a replay. [`SortedCounts`] keeps the first epoch's vector as it is, and the
 //! later changes in a small ordered map that is merged into the vector when it passes a
-//! quarter of it (so a change costs a logarithm, and the merges a constant per change).
+//! quarter of it and [`MERGE_FLOOR`] (so a change costs a logarithm, and the merges a constant
+//! per change).
 
 use std::collections::BTreeMap;
 
@@ -69,6 +70,11 @@ impl<K: Ord + Clone> SortedCounts<K> {
     /// Sets the count of `key`.
     pub fn set(&mut self, key: K, count: isize) {
         let before = self.get(&key);
+        self.set_from(key, before, count);
+    }
+
+    /// [`SortedCounts::set`] of a key whose count is `before`.
+    fn set_from(&mut self, key: K, before: isize, count: isize) {
         self.len = self.len + (count != 0) as usize - (before != 0) as usize;
         self.changed.insert(key, count);
         if self.changed.len() > self.base.len() / 4 + MERGE_FLOOR {
@@ -80,7 +86,7 @@ impl<K: Ord + Clone> SortedCounts<K> {
     pub fn add(&mut self, key: K, diff: isize) -> (isize, isize) {
         let before = self.get(&key);
         if diff != 0 {
-            self.set(key, before + diff);
+            self.set_from(key, before, before + diff);
         }
         (before, before + diff)
     }

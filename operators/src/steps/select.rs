@@ -15,8 +15,9 @@
 //! epoch operator: each worker keeps its share of every group (by question id) in rank order
 //! and selects its local top n; the group's worker selects the top n of those. Per epoch, a
 //! touched group's selection is recomputed from its first n members (cost linear in n, once
-//! per epoch) and only the verdicts that changed are emitted. A build or a replay costs one
-//! ordered-map insert per question, spread over every worker.
+//! per epoch) and only the verdicts that changed are emitted. A build or a replay costs a sort
+//! of each group's members (kept as that sorted vector: see [`SortedCounts`]), spread over
+//! every worker.
 
 use crate::counts::SortedCounts;
 use crate::epoch::epoch_unary_batches;
@@ -321,9 +322,8 @@ where
             }
         };
         // Groups that have no member yet (all of them in a run's first epoch) take their
-        // members out of the batches (moved, each batch freed once read), are built in one go
-        // (full B-tree nodes; inserting one by one leaves them a third empty) and emit each
-        // member's verdict from the group. The other updates stay for the passes below.
+        // members out of the batches (moved, each batch freed once read), are sorted and kept
+        // as that vector (see [`SortedCounts`]) and emit each member's verdict from the group. The other updates stay for the passes below.
         // Each fresh group's Vec is sized first (by a count of its members): millions of
         // members grown by doubling cost a copy and fresh zeroed pages per doubling.
         let mut sizes_of: BTreeMap<GroupKey, usize> = BTreeMap::new();

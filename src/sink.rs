@@ -2415,16 +2415,17 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         self.dir.join(".digests.json")
     }
 
-    /// A record's 128-bit hash. A group's digest is made from the sum, over its records, of
-    /// multiplicity x this hash: a sum does not depend on order, so records are counted as
-    /// they come, unsorted and unconsolidated, and an update changes it by its own term.
-    fn record_hash(one: &mut xxhash_rust::xxh3::Xxh3, t: &T) -> u128 {
+    /// A record's share of its group's sum: multiplicity x the record's 128-bit hash. A
+    /// group's digest is made from the sum of its records' shares: a sum does not depend on
+    /// order, so records are counted as they come, unsorted and unconsolidated, and an update
+    /// changes it by its own share.
+    fn record_term(one: &mut xxhash_rust::xxh3::Xxh3, t: &T, d: isize) -> u128 {
         one.reset();
         t.hash(one);
-        one.digest128()
+        one.digest128().wrapping_mul(d as i128 as u128)
     }
 
-    /// The digest of a group whose records' sum (see [`AuditTable::record_hash`]) is `sum`,
+    /// The digest of a group whose records' sum (see [`AuditTable::record_term`]) is `sum`,
     /// with the rendering context.
     fn digest(&self, sum: u128) -> String {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
@@ -2444,19 +2445,30 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
     fn unshare(&mut self) {
         let shared = std::mem::take(&mut self.shared);
         let groups = std::mem::take(&mut self.shared_groups);
+        let split = self.split_by_group(&groups, shared.into_iter().flatten());
+        self.pending.extend(split);
+    }
+
+    /// Moves `records` into a vector per group of `sizes` (each made room for its count once:
+    /// millions of records grown by doubling cost a copy and fresh pages per doubling);
+    /// records of other groups are dropped.
+    fn split_by_group(
+        &self,
+        sizes: &BTreeMap<String, usize>,
+        records: impl Iterator<Item = (T, Epoch, isize)>,
+    ) -> BTreeMap<String, Vec<(T, isize)>> {
         let mut into: GroupIndex<Vec<(T, isize)>> = GroupIndex::new();
-        for (g, n) in groups {
-            *into.of(Arc::from(g)) = Vec::with_capacity(n);
+        for (g, n) in sizes {
+            *into.of(Arc::from(g.as_str())) = Vec::with_capacity(*n);
         }
         let known = into.names.len();
-        for batch in shared {
-            for (t, _, d) in batch {
-                into.of((self.group)(&t)).push((t, d));
-            }
+        for (t, _, d) in records {
+            into.of((self.group)(&t)).push((t, d));
         }
-        for (g, records) in into.into_pairs().take(known) {
-            self.pending.insert(g.to_string(), records);
-        }
+        into.into_pairs()
+            .take(known)
+            .map(|(g, records)| (g.to_string(), records))
+            .collect()
     }
 
     /// Makes a pending group (see `pending`, `shared`) a table whose lines are read from its
@@ -2603,9 +2615,7 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
             }
             left -= 1;
             let r = run.as_mut().expect("started");
-            r.sum = r
-                .sum
-                .wrapping_add(Self::record_hash(&mut one, &t).wrapping_mul(d as i128 as u128));
+            r.sum = r.sum.wrapping_add(Self::record_term(&mut one, &t, d));
             if let Some(records) = r.fresh.as_mut() {
                 records.push((t, d));
                 continue;
@@ -2651,8 +2661,7 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
         let mut seen: GroupIndex<(u128, usize)> = GroupIndex::new();
         for (t, _, d) in batches.iter().flatten() {
             let (sum, count) = seen.of((self.group)(t));
-            *sum =
-                sum.wrapping_add(Self::record_hash(&mut one, t).wrapping_mul(*d as i128 as u128));
+            *sum = sum.wrapping_add(Self::record_term(&mut one, t, *d));
             *count += 1;
         }
         let mut write: BTreeMap<String, usize> = BTreeMap::new();
@@ -2671,32 +2680,21 @@ impl<T: Ord + Clone + Hash> AuditTable<T> {
                 write.insert(g.to_string(), count);
             }
         }
-        let mut into: GroupIndex<Vec<(T, isize)>> = GroupIndex::new();
-        for (g, n) in &write {
-            *into.of(Arc::from(g.as_str())) = Vec::with_capacity(*n);
-        }
         if self.shared_groups.is_empty() {
             // Nothing kept as it came: each batch is freed once read.
-            for batch in batches {
-                for (t, _, d) in batch {
-                    into.of((self.group)(&t)).push((t, d));
-                }
-            }
-        } else if !write.is_empty() {
-            for batch in &mut batches {
-                let moved = batch.extract_if(.., |(t, _, _)| write.contains_key(&*(self.group)(t)));
-                for (t, _, d) in moved {
-                    into.of((self.group)(&t)).push((t, d));
-                }
-            }
-            batches.retain(|b| !b.is_empty());
-            self.shared = batches;
-        } else {
-            self.shared = batches;
+            return self.split_by_group(&write, batches.into_iter().flatten());
         }
-        into.into_pairs()
-            .map(|(g, records)| (g.to_string(), records))
-            .collect()
+        let mut split = BTreeMap::new();
+        if !write.is_empty() {
+            let group = &self.group;
+            let moved = batches
+                .iter_mut()
+                .flat_map(|batch| batch.extract_if(.., |(t, _, _)| write.contains_key(&*group(t))));
+            split = self.split_by_group(&write, moved);
+            batches.retain(|b| !b.is_empty());
+        }
+        self.shared = batches;
+        split
     }
 
     /// Applies an epoch's updates, as batches of `(record, epoch, diff)` (grouped by the

@@ -59,16 +59,6 @@ impl<D> Stash<D> {
         self.batches.push(batch);
     }
 
-    /// How many updates the epoch has.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the epoch has no updates.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The batches as they arrived, each `(data, epoch, diff)`.
     pub fn into_batches(self) -> Vec<Vec<(D, Epoch, isize)>> {
         self.batches

@@ -323,7 +323,8 @@ where
         };
         // Groups that have no member yet (all of them in a run's first epoch) take their
         // members out of the batches (moved, each batch freed once read), are sorted and kept
-        // as that vector (see [`SortedCounts`]) and emit each member's verdict from the group. The other updates stay for the passes below.
+        // as that vector (see [`SortedCounts`]) and emit each member's verdict from the group.
+        // The other updates stay for the passes below.
         // Each fresh group's Vec is sized first (by a count of its members): millions of
         // members grown by doubling cost a copy and fresh zeroed pages per doubling.
         let mut sizes_of: BTreeMap<GroupKey, usize> = BTreeMap::new();
